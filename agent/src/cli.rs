@@ -1,0 +1,150 @@
+//! What each CLI verb does, behind `main.rs`'s argument parsing. Every verb
+//! returns an exit code: 0 success, 1 the job ran and failed (or could not start
+//! because another run holds the lock), 2 usage or configuration error.
+
+use crate::config::{self, Config};
+use crate::jobs::{JobKind, JobParams};
+use crate::runner::{JobState, Runner, SubmitError, Trigger};
+use std::path::PathBuf;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The job ran and failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Load the configuration or print every problem to stderr.
+pub fn load_or_report(flag: Option<PathBuf>) -> Result<(PathBuf, Config), u8> {
+    let path = config::resolve_path(flag);
+    match config::load(&path) {
+        Ok(c) => Ok((path, c)),
+        Err(p) => {
+            eprint!("cloudnx-agent: {p}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// `check-config`: validate, print all problems, or a summary of what is enabled.
+pub fn check_config(flag: Option<PathBuf>) -> u8 {
+    let (_, cfg) = match load_or_report(flag) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "configuration OK ({})",
+        cfg.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "host_id {}; state_dir {}; metrics {}",
+        cfg.host_id,
+        cfg.state_dir.display(),
+        cfg.textfile_dir.join(crate::metrics::FILE_NAME).display()
+    );
+    let now = chrono::Utc::now();
+    for k in JobKind::ALL {
+        match k.schedule(&cfg) {
+            None => println!("  {:<14} off (no [{}] section)", k.as_str(), k.section()),
+            Some(s) => {
+                let next = s.next_after(now, cfg.timezone).map_or("never".into(), |t| {
+                    format!(
+                        "{} ({})",
+                        t.format("%Y-%m-%dT%H:%M:%SZ"),
+                        t.with_timezone(&cfg.timezone).format("%Y-%m-%d %H:%M %Z")
+                    )
+                });
+                let built = if k.built() { "" } else { " [not built yet]" };
+                println!(
+                    "  {:<14} \"{}\" in {}; next {}{}",
+                    k.as_str(),
+                    s.expr(),
+                    cfg.timezone,
+                    next,
+                    built
+                );
+            }
+        }
+    }
+    EXIT_OK
+}
+
+/// A one-shot job: the same runner path as the daemon; prints the outcome.
+pub async fn run_job(flag: Option<PathBuf>, kind: JobKind, params: JobParams, json: bool) -> u8 {
+    let (path, cfg) = match load_or_report(flag) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runner = Runner::new(path, cfg);
+    let trigger = Trigger::Cli {
+        user: crate::util::unix_user(),
+    };
+    let run = runner.run_now(kind, trigger, params);
+    // Ctrl-C / SIGTERM cancel the job cleanly, as in the daemon.
+    let token = runner.shutdown_token();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(_) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+        }
+        token.cancel();
+    });
+    match run.await {
+        Err(e @ (SubmitError::NotConfigured(_) | SubmitError::NotBuilt(_))) => {
+            eprintln!("cloudnx-agent: {e}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("cloudnx-agent: {kind}: {e}");
+            EXIT_FAILED
+        }
+        Ok(rec) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rec).unwrap_or_default());
+            } else if let Some(s) = &rec.summary {
+                println!(
+                    "{kind} {}: {s}",
+                    if rec.state == JobState::Succeeded {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    }
+                );
+            }
+            match rec.state {
+                JobState::Succeeded => EXIT_OK,
+                _ => {
+                    if !json {
+                        eprintln!(
+                            "cloudnx-agent: {kind} failed: {}",
+                            rec.error.as_deref().unwrap_or("unknown cause")
+                        );
+                    }
+                    EXIT_FAILED
+                }
+            }
+        }
+    }
+}
+
+/// `run`: the daemon.
+pub async fn daemon(flag: Option<PathBuf>) -> u8 {
+    let (path, cfg) = match load_or_report(flag) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::daemon::run(path, cfg).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!("daemon failed: {e:#}");
+            eprintln!("cloudnx-agent: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `[control_plane]`: the mTLS API and where events are pushed.
+
+use super::common::*;
+use super::problem::{Check, Problem};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// `[control_plane]` as written in one file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlPlane {
+    listen: Opt<String>,
+    report_url: Opt<String>,
+    ca_file: Opt<PathBuf>,
+    crl_file: Opt<PathBuf>,
+    cert_file: Opt<PathBuf>,
+    key_file: Opt<PathBuf>,
+    allowed_clients: Opt<Vec<String>>,
+    max_connections: Opt<u32>,
+    heartbeat_seconds: Opt<u64>,
+    outbox_max_events: Opt<u64>,
+}
+
+/// Validated `[control_plane]`.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Address the API listens on.
+    pub listen: std::net::SocketAddr,
+    /// Base URL events are pushed to; None = events stay in the outbox.
+    pub report_url: Option<String>,
+    /// CA that client certificates (and the control plane's server cert) chain to.
+    pub ca_file: PathBuf,
+    /// Optional CRL (PEM) for client certificates.
+    pub crl_file: Option<PathBuf>,
+    /// The agent's certificate chain (server and client).
+    pub cert_file: PathBuf,
+    /// The agent's private key (a secret file).
+    pub key_file: PathBuf,
+    /// DNS or URI SANs accepted from clients.
+    pub allowed_clients: Vec<String>,
+    /// Concurrent connections accepted.
+    pub max_connections: u32,
+    /// Heartbeat event interval.
+    pub heartbeat_seconds: u64,
+    /// Outbox bound; the oldest heartbeats go first, never a page.
+    pub outbox_max_events: u64,
+}
+
+impl RawControlPlane {
+    /// Per-value checks against this file.
+    pub fn check(&self, c: &mut Check) {
+        if let Some(l) = &self.listen {
+            if l.get_ref().parse::<std::net::SocketAddr>().is_err() {
+                c.err(
+                    l.span(),
+                    format!("listen {:?} is not an address:port", l.get_ref()),
+                    "e.g. listen = \"0.0.0.0:7443\"",
+                );
+            }
+        }
+        check_file_exists(c, "ca_file", &self.ca_file);
+        check_file_exists(c, "crl_file", &self.crl_file);
+        check_file_exists(c, "cert_file", &self.cert_file);
+        check_secret(c, "key_file", &self.key_file, false);
+        if let Some(u) = &self.report_url {
+            if !u.get_ref().starts_with("https://") {
+                c.err(
+                    u.span(),
+                    format!("report_url {:?} must be https://", u.get_ref()),
+                    "events are sent over mutual TLS only",
+                );
+            }
+        }
+    }
+
+    /// Merge a later fragment over this one.
+    pub fn merge(&mut self, o: RawControlPlane) {
+        merge_fields!(self, o; listen, report_url, ca_file, crl_file, cert_file, key_file, allowed_clients,
+            max_connections, heartbeat_seconds, outbox_max_events);
+    }
+
+    /// Build the validated section.
+    pub fn build(self, problems: &mut Vec<Problem>) -> Option<ControlPlaneConfig> {
+        let ca = required(self.ca_file, "control_plane", "ca_file", problems);
+        let cert = required(self.cert_file, "control_plane", "cert_file", problems);
+        let key = required(self.key_file, "control_plane", "key_file", problems);
+        let allowed = required(
+            self.allowed_clients,
+            "control_plane",
+            "allowed_clients",
+            problems,
+        );
+        Some(ControlPlaneConfig {
+            listen: or(self.listen, "0.0.0.0:7443".into()).parse().ok()?,
+            report_url: self.report_url.map(toml::Spanned::into_inner),
+            ca_file: ca?,
+            crl_file: self.crl_file.map(toml::Spanned::into_inner),
+            cert_file: cert?,
+            key_file: key?,
+            allowed_clients: allowed?,
+            max_connections: or(self.max_connections, 256),
+            heartbeat_seconds: or(self.heartbeat_seconds, 60),
+            outbox_max_events: or(self.outbox_max_events, 100_000),
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! The daemon's lifecycle: sd_notify (READY, STATUS, WATCHDOG, RELOADING,
+//! STOPPING), signals, the scheduler loop, reload, shutdown.
+//!
+//! Never runs a duty itself: the scheduler hands fire times to the runner.
+
+use crate::config::Config;
+use crate::jobs::{JobKind, JobParams};
+use crate::metrics::MetricsUpdate;
+use crate::runner::{ensure_private_dir, Runner, SubmitError, Trigger};
+use chrono::Utc;
+use sd_notify::NotifyState;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Longest the scheduler sleeps before re-reading the wall clock (clock jumps, suspend).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long running jobs get to wind down on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(8);
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// The metrics the daemon itself owns: next fire time of each scheduled kind.
+fn schedule_metrics(runner: &Runner) -> MetricsUpdate {
+    let mut u = MetricsUpdate {
+        clear: vec!["cloudnx_job_next_run_timestamp_seconds"],
+        set: vec![],
+    };
+    for (k, t) in runner.next_fires(Utc::now()) {
+        u.set(
+            "cloudnx_job_next_run_timestamp_seconds",
+            &[("kind", k.as_str())],
+            t.timestamp() as f64,
+        );
+    }
+    u
+}
+
+fn status_line(runner: &Runner) -> String {
+    let running: Vec<&str> = JobKind::ALL
+        .iter()
+        .filter(|k| runner.is_running(**k))
+        .map(|k| k.as_str())
+        .collect();
+    let next = runner
+        .next_fires(Utc::now())
+        .into_iter()
+        .min_by_key(|(_, t)| *t);
+    let next = next.map_or("no job scheduled".to_owned(), |(k, t)| {
+        format!("next {k} at {}", t.format("%Y-%m-%dT%H:%M:%SZ"))
+    });
+    if running.is_empty() {
+        format!("idle; {next}")
+    } else {
+        format!("running {}; {next}", running.join(", "))
+    }
+}
+
+async fn publish_schedule(runner: &Runner) -> anyhow::Result<()> {
+    let store = runner.metrics();
+    let update = schedule_metrics(runner);
+    tokio::task::spawn_blocking(move || store.apply(&update)).await??;
+    for (k, t) in runner.next_fires(Utc::now()) {
+        tracing::info!(kind = %k, "next {k} run at {} ({})", t.to_rfc3339(), t.with_timezone(&runner.config().timezone).format("%Y-%m-%d %H:%M %Z"));
+    }
+    Ok(())
+}
+
+/// Run the daemon until SIGTERM/SIGINT. `config` is already loaded and valid.
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    ensure_private_dir(&config.state_dir)?;
+    let runner = Runner::new(config_path, config);
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    publish_schedule(&runner).await?;
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&status_line(&runner)),
+    ]);
+    tracing::info!(host_id = %runner.config().host_id, "cloudnx-agent {} ready", env!("CARGO_PKG_VERSION"));
+
+    let mut watchdog_usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
+        let token = runner.shutdown_token();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(watchdog_usec / 2));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notify(&[NotifyState::Watchdog]),
+                    () = token.cancelled() => break,
+                }
+            }
+        });
+    }
+    let scheduler = tokio::spawn(schedule_loop(runner.clone()));
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let mono = NotifyState::monotonic_usec_now().ok();
+                let mut states = vec![NotifyState::Reloading];
+                states.extend(mono);
+                notify(&states);
+                match runner.reload("signal:SIGHUP").await {
+                    Ok(()) => { let _ = publish_schedule(&runner).await; }
+                    Err(p) => tracing::error!("configuration reload refused, the previous configuration stays in force:\n{p}"),
+                }
+                notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&runner))]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: cancelling running jobs"),
+    ]);
+    tracing::info!("stopping: cancelling running jobs");
+    scheduler.abort();
+    if !runner.shutdown(STOP_GRACE).await {
+        tracing::warn!("some jobs did not finish cancelling within {STOP_GRACE:?}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn schedule_loop(runner: Arc<Runner>) {
+    loop {
+        let now = Utc::now();
+        let next = runner.next_fires(now);
+        let soonest = next.iter().map(|(_, t)| *t).min();
+        let wait = soonest.map_or(MAX_SLEEP, |t| {
+            (t - now).to_std().unwrap_or_default().min(MAX_SLEEP)
+        });
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = runner.reloaded.notified() => continue,
+        }
+        let now = Utc::now();
+        let due: Vec<JobKind> = next
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        for kind in due {
+            match runner.submit(kind, Trigger::Schedule, JobParams::default()) {
+                Ok(rec) => tracing::debug!(job = %rec.id, "scheduled {kind} queued"),
+                Err(e @ SubmitError::AlreadyRunning { .. }) => {
+                    tracing::warn!("scheduled {kind} skipped: {e}")
+                }
+                Err(e) => tracing::error!("scheduled {kind} could not start: {e}"),
+            }
+        }
+        notify(&[NotifyState::Status(&status_line(&runner))]);
+        let _ = publish_schedule(&runner).await;
+    }
+}

@@ -1,0 +1,31 @@
+//! cloudnx-agent: the host agent that makes a cloud provider's promises true on
+//! each host — PostgreSQL backups, restore drills, Proxmox snapshots, LUKS
+//! checks — with metrics, an audit log and events for every run.
+//!
+//! Data flows one way: trigger (schedule, CLI, API) → [`runner`] → [`jobs`]
+//! duty → outcome → sinks ([`metrics`], [`audit`], [`control::outbox`]).
+//! See ARCHITECTURE.md for the map.
+#![deny(missing_docs)]
+
+/// Hash-chained audit log, checkpoints, verification.
+pub mod audit;
+/// What each CLI verb does (exit codes 0/1/2).
+pub mod cli;
+/// Typed, validated configuration (file:line:col errors).
+pub mod config;
+/// Control-plane side: event outbox, mTLS API.
+pub mod control;
+/// Daemon lifecycle: sd_notify, signals, scheduler, reload.
+pub mod daemon;
+/// The four duties.
+pub mod jobs;
+/// tracing setup (journald or terminal).
+pub mod logging;
+/// Metrics state and the textfile exposition.
+pub mod metrics;
+/// The one job runner.
+pub mod runner;
+/// Cron schedules in a time zone.
+pub mod schedule;
+/// Small shared helpers.
+pub mod util;

@@ -1,0 +1,613 @@
+//! THE job runner: every trigger (schedule, CLI one-shot, control plane) goes
+//! through [`Runner::submit`] or [`Runner::run_now`], and every run goes
+//! lock → audit start → duty → metrics → audit finish → event → release.
+//!
+//! Owns: job states (queued → running → succeeded | failed), the per-kind
+//! cross-process lock (`flock` on `state_dir/locks/{kind}.lock`), cancellation,
+//! the in-memory job table, and the configuration in force (reload swaps it
+//! only after a full successful load).
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::config::{self, Config, Problems};
+use crate::control::outbox::{Event, Outbox, Severity};
+use crate::jobs::{self, JobContext, JobKind, JobParams, Outcome};
+use crate::metrics::{MetricsStore, MetricsUpdate};
+use crate::util::{new_id, now_rfc3339, unix_now};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How many finished job records the API can still show.
+const KEEP_RECORDS: usize = 256;
+
+/// Who started a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// The daemon's schedule.
+    Schedule,
+    /// A one-shot CLI run by this Unix user.
+    Cli {
+        /// Unix user name.
+        user: String,
+    },
+    /// The control-plane API.
+    Api {
+        /// Client certificate SAN.
+        actor: String,
+        /// Request id (from `X-Request-Id` or generated).
+        request_id: String,
+    },
+}
+
+impl Trigger {
+    /// The audit `actor`.
+    pub fn actor(&self) -> String {
+        match self {
+            Trigger::Schedule => "schedule".into(),
+            Trigger::Cli { user } => format!("cli:{user}"),
+            Trigger::Api { actor, .. } => actor.clone(),
+        }
+    }
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, not started.
+    Queued,
+    /// The duty is working.
+    Running,
+    /// Done, and it did what it promises.
+    Succeeded,
+    /// Done, and it did not (see `error`).
+    Failed,
+}
+
+/// A job as the API and the CLI show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    /// Unique id.
+    pub id: String,
+    /// Which duty.
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: JobState,
+    /// Who started it.
+    pub actor: String,
+    /// RFC 3339.
+    pub queued_at: String,
+    /// RFC 3339, once running.
+    pub started_at: Option<String>,
+    /// RFC 3339, once done.
+    pub finished_at: Option<String>,
+    /// The failing step and cause.
+    pub error: Option<String>,
+    /// One line.
+    pub summary: Option<String>,
+    /// Duty-specific result.
+    pub result: serde_json::Value,
+}
+
+/// Why a job could not be started. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The section is absent.
+    #[error("the {kind} job is not configured: add a [{section}] section to the configuration", section = .0.section(), kind = .0)]
+    NotConfigured(JobKind),
+    /// The duty does not exist in this build.
+    #[error("the {0} job is not built yet in cloudnx-agent {v}", v = env!("CARGO_PKG_VERSION"))]
+    NotBuilt(JobKind),
+    /// Another run of the same kind holds the lock.
+    #[error("another {kind} job is already running ({holder}); try again when it has finished")]
+    AlreadyRunning {
+        /// Kind.
+        kind: JobKind,
+        /// Who holds it (pid, or the job id in this process).
+        holder: String,
+    },
+    /// The run could not be set up (state dir, lock file, audit log).
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
+}
+
+/// The last finished run of a kind, as this process saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    /// Job id.
+    pub id: String,
+    /// Succeeded or failed.
+    pub state: JobState,
+    /// RFC 3339.
+    pub finished_at: String,
+    /// The error, if failed.
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Table {
+    records: VecDeque<JobRecord>,
+    running: HashMap<JobKind, (String, CancellationToken)>,
+    last: HashMap<JobKind, LastRun>,
+    last_success: HashMap<JobKind, String>,
+}
+
+/// The runner: one per process.
+pub struct Runner {
+    config_path: PathBuf,
+    config: RwLock<Arc<Config>>,
+    table: Mutex<Table>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Notified whenever a new configuration is swapped in.
+    pub reloaded: tokio::sync::Notify,
+}
+
+/// A held per-kind lock; released on drop.
+pub struct JobLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl JobLock {
+    /// Take the lock for `kind` without waiting.
+    pub fn try_acquire(state_dir: &Path, kind: JobKind) -> Result<JobLock, SubmitError> {
+        let dir = state_dir.join("locks");
+        ensure_private_dir(state_dir).map_err(SubmitError::Setup)?;
+        ensure_private_dir(&dir).map_err(SubmitError::Setup)?;
+        let path = dir.join(format!("{kind}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                SubmitError::Setup(anyhow::anyhow!("opening lock {}: {e}", path.display()))
+            })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let _ = lock
+                    .set_len(0)
+                    .and_then(|()| lock.rewind())
+                    .and_then(|_| write!(lock, "{}\n", std::process::id()));
+                Ok(JobLock { _lock: lock })
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Err(SubmitError::AlreadyRunning {
+                    kind,
+                    holder: format!("pid {}, lock {}", pid.trim(), path.display()),
+                })
+            }
+            Err((_, e)) => Err(SubmitError::Setup(anyhow::anyhow!(
+                "locking {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Create `dir` (mode 0700) if missing.
+pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating {}: {e}", dir.display())),
+    }
+}
+
+impl Runner {
+    /// A runner for a loaded configuration.
+    pub fn new(config_path: PathBuf, config: Config) -> Arc<Self> {
+        Arc::new(Runner {
+            config_path,
+            config: RwLock::new(Arc::new(config)),
+            table: Mutex::new(Table::default()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            reloaded: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The metrics store of the configuration in force.
+    pub fn metrics(&self) -> MetricsStore {
+        let c = self.config();
+        MetricsStore::new(&c.state_dir, &c.textfile_dir, &c.host_id)
+    }
+
+    /// The audit log of the configuration in force.
+    pub fn audit_log(&self) -> AuditLog {
+        AuditLog::new(&self.config().audit)
+    }
+
+    /// Append an audit record (from the API or the daemon).
+    pub async fn audit(&self, entry: AuditEntry) -> anyhow::Result<u64> {
+        let log = self.audit_log();
+        tokio::task::spawn_blocking(move || log.append(entry)).await?
+    }
+
+    /// Queue an event for the control plane.
+    pub async fn event(
+        &self,
+        kind: &str,
+        severity: Severity,
+        data: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let c = self.config();
+        let ev = Event::new(&c.host_id, kind, severity, data);
+        let outbox = Outbox::new(&c.state_dir);
+        tokio::task::spawn_blocking(move || outbox.push(&ev)).await?
+    }
+
+    /// Load the configuration again through the startup path; swap it in only if valid.
+    /// The outcome (accepted or refused) is audited.
+    pub async fn reload(&self, actor: &str) -> Result<(), Problems> {
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Problems(vec![config::Problem::general(format!(
+                    "reload task failed: {e}"
+                ))]))
+            });
+        let detail = match &loaded {
+            Ok(c) => serde_json::json!({"accepted": true, "files": c.files}),
+            Err(p) => {
+                serde_json::json!({"accepted": false, "problems": p.0.iter().map(ToString::to_string).collect::<Vec<_>>()})
+            }
+        };
+        let accepted = loaded.is_ok();
+        if let Ok(c) = &loaded {
+            *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c.clone());
+            self.reloaded.notify_waiters();
+        }
+        let entry = AuditEntry {
+            actor: actor.to_owned(),
+            action: "config.reload".into(),
+            detail,
+            ..Default::default()
+        };
+        if let Err(e) = self.audit(entry).await {
+            tracing::error!("could not audit the configuration reload: {e:#}");
+        }
+        if accepted {
+            tracing::info!("configuration reloaded");
+        }
+        loaded.map(|_| ())
+    }
+
+    /// Check that `kind` can run now and take its lock.
+    fn admit(&self, kind: JobKind, cfg: &Config) -> Result<JobLock, SubmitError> {
+        if kind.schedule(cfg).is_none() {
+            return Err(SubmitError::NotConfigured(kind));
+        }
+        if !kind.built() {
+            return Err(SubmitError::NotBuilt(kind));
+        }
+        if let Some((id, _)) = self.lock_table().running.get(&kind) {
+            return Err(SubmitError::AlreadyRunning {
+                kind,
+                holder: format!("job {id} in this process"),
+            });
+        }
+        JobLock::try_acquire(&cfg.state_dir, kind)
+    }
+
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn enqueue(&self, kind: JobKind, trigger: &Trigger) -> (JobRecord, CancellationToken) {
+        let id = format!("{}-{}", kind, &new_id()[..12]);
+        let rec = JobRecord {
+            id: id.clone(),
+            kind,
+            state: JobState::Queued,
+            actor: trigger.actor(),
+            queued_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            summary: None,
+            result: serde_json::Value::Null,
+        };
+        let cancel = self.shutdown.child_token();
+        let mut t = self.lock_table();
+        t.running.insert(kind, (id, cancel.clone()));
+        t.records.push_back(rec.clone());
+        while t.records.len() > KEEP_RECORDS {
+            t.records.pop_front();
+        }
+        (rec, cancel)
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut JobRecord)) -> Option<JobRecord> {
+        let mut t = self.lock_table();
+        let r = t.records.iter_mut().find(|r| r.id == id)?;
+        f(r);
+        Some(r.clone())
+    }
+
+    /// Start a job in the background; returns its queued record at once.
+    pub fn submit(
+        self: &Arc<Self>,
+        kind: JobKind,
+        trigger: Trigger,
+        params: JobParams,
+    ) -> Result<JobRecord, SubmitError> {
+        let cfg = self.config();
+        let lock = self.admit(kind, &cfg)?;
+        let (rec, cancel) = self.enqueue(kind, &trigger);
+        let me = self.clone();
+        let id = rec.id.clone();
+        self.tasks.spawn(async move {
+            me.execute(id, kind, trigger, params, cfg, cancel, lock)
+                .await
+        });
+        Ok(rec)
+    }
+
+    /// Run a job to completion in this task (the CLI one-shot path).
+    pub async fn run_now(
+        self: &Arc<Self>,
+        kind: JobKind,
+        trigger: Trigger,
+        params: JobParams,
+    ) -> Result<JobRecord, SubmitError> {
+        let cfg = self.config();
+        let lock = self.admit(kind, &cfg)?;
+        let (rec, cancel) = self.enqueue(kind, &trigger);
+        Ok(self
+            .execute(rec.id, kind, trigger, params, cfg, cancel, lock)
+            .await)
+    }
+
+    /// A job record by id (bounded history).
+    pub fn job(&self, id: &str) -> Option<JobRecord> {
+        self.lock_table()
+            .records
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+    }
+
+    /// The last finished run of each kind seen by this process.
+    pub fn last_runs(&self) -> HashMap<JobKind, LastRun> {
+        self.lock_table().last.clone()
+    }
+
+    /// When each kind last succeeded, as seen by this process.
+    pub fn last_successes(&self) -> HashMap<JobKind, String> {
+        self.lock_table().last_success.clone()
+    }
+
+    /// Whether a kind is running in this process.
+    pub fn is_running(&self, kind: JobKind) -> bool {
+        self.lock_table().running.contains_key(&kind)
+    }
+
+    /// Cancel every running job and wait (up to `grace`) for them to wind down.
+    pub async fn shutdown(&self, grace: std::time::Duration) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    /// The token cancelled at shutdown (for long-lived tasks of the daemon).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Next fire time of every scheduled kind under the configuration in force.
+    pub fn next_fires(&self, now: DateTime<Utc>) -> Vec<(JobKind, DateTime<Utc>)> {
+        let c = self.config();
+        JobKind::ALL
+            .iter()
+            .filter_map(|k| Some((*k, k.schedule(&c)?.next_after(now, c.timezone)?)))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        id: String,
+        kind: JobKind,
+        trigger: Trigger,
+        params: JobParams,
+        cfg: Arc<Config>,
+        cancel: CancellationToken,
+        lock: JobLock,
+    ) -> JobRecord {
+        let started = std::time::Instant::now();
+        let actor = trigger.actor();
+        self.update(&id, |r| {
+            r.state = JobState::Running;
+            r.started_at = Some(now_rfc3339());
+        });
+        tracing::info!(job = %id, kind = %kind, actor = %actor, "job started");
+        let ctx = JobContext {
+            id: id.clone(),
+            kind,
+            config: cfg.clone(),
+            params: params.clone(),
+            cancel,
+            actor: actor.clone(),
+            audit_log: AuditLog::new(&cfg.audit),
+            outbox: Outbox::new(&cfg.state_dir),
+        };
+        let (method, request_id) = match &trigger {
+            Trigger::Api { request_id, .. } => (Some("POST".to_owned()), Some(request_id.clone())),
+            _ => (None, Some(id.clone())),
+        };
+        let start_entry = AuditEntry {
+            actor: actor.clone(),
+            method: method.clone(),
+            path: Some(format!("/v1/jobs/{kind}")),
+            request_id: request_id.clone(),
+            action: "job.start".into(),
+            detail: serde_json::json!({"job_id": id, "kind": kind, "params": params}),
+            ..Default::default()
+        };
+        // Fail closed: a job whose start cannot be audited does not run.
+        let outcome = match self.audit_with(&cfg, start_entry).await {
+            Err(e) => Outcome::failure(
+                format!("writing the audit record for the job start: {e:#}"),
+                serde_json::Value::Null,
+            ),
+            Ok(_) => match jobs::run(&ctx).await {
+                Ok(o) => o,
+                Err(e) => Outcome::failure(format!("{e:#}"), serde_json::Value::Null),
+            },
+        };
+        let duration = started.elapsed().as_secs_f64();
+        let now = unix_now();
+
+        let mut update = MetricsUpdate {
+            clear: outcome.metrics.clear.clone(),
+            set: outcome.metrics.set.clone(),
+        };
+        let k = kind.as_str();
+        update.set(
+            "cloudnx_job_last_run_timestamp_seconds",
+            &[("kind", k)],
+            now,
+        );
+        update.set(
+            "cloudnx_job_last_duration_seconds",
+            &[("kind", k)],
+            duration,
+        );
+        update.set(
+            "cloudnx_job_last_status",
+            &[("kind", k)],
+            if outcome.succeeded { 1.0 } else { 0.0 },
+        );
+        if outcome.succeeded {
+            update.set(
+                "cloudnx_job_last_success_timestamp_seconds",
+                &[("kind", k)],
+                now,
+            );
+        }
+        let store = MetricsStore::new(&cfg.state_dir, &cfg.textfile_dir, &cfg.host_id);
+        if let Err(e) = tokio::task::spawn_blocking(move || store.apply(&update))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+        {
+            tracing::error!(job = %id, "writing metrics: {e:#}");
+        }
+
+        let state = if outcome.succeeded {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        let finish_entry = AuditEntry {
+            actor: actor.clone(),
+            method,
+            path: Some(format!("/v1/jobs/{kind}")),
+            request_id,
+            duration_ms: Some((duration * 1000.0) as u64),
+            action: "job.finish".into(),
+            detail: serde_json::json!({"job_id": id, "kind": kind, "state": state, "changed": outcome.changed, "error": outcome.error}),
+            ..Default::default()
+        };
+        if let Err(e) = self.audit_with(&cfg, finish_entry).await {
+            tracing::error!(job = %id, "writing the audit record for the job finish: {e:#}");
+        }
+        let severity = if outcome.succeeded {
+            Severity::Info
+        } else {
+            kind.failure_severity()
+        };
+        let ev = Event::new(
+            &cfg.host_id,
+            "job.finished",
+            severity,
+            serde_json::json!({
+                "job_id": id, "kind": kind, "state": state, "actor": actor, "duration_seconds": duration,
+                "error": outcome.error, "summary": outcome.summary, "result": outcome.result,
+            }),
+        );
+        let outbox = Outbox::new(&cfg.state_dir);
+        if let Err(e) = tokio::task::spawn_blocking(move || outbox.push(&ev))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+        {
+            tracing::error!(job = %id, "queueing the job.finished event: {e:#}");
+        }
+
+        let finished_at = now_rfc3339();
+        let rec = self.update(&id, |r| {
+            r.state = state;
+            r.finished_at = Some(finished_at.clone());
+            r.error = outcome.error.clone();
+            r.summary = Some(outcome.summary.clone());
+            r.result = outcome.result.clone();
+        });
+        {
+            let mut t = self.lock_table();
+            t.running.remove(&kind);
+            t.last.insert(
+                kind,
+                LastRun {
+                    id: id.clone(),
+                    state,
+                    finished_at: finished_at.clone(),
+                    error: outcome.error.clone(),
+                },
+            );
+            if outcome.succeeded {
+                t.last_success.insert(kind, finished_at);
+            }
+        }
+        drop(lock);
+        match &outcome.error {
+            None => {
+                tracing::info!(job = %id, kind = %kind, duration_s = format!("{duration:.1}"), "job succeeded: {}", outcome.summary)
+            }
+            Some(e) => {
+                tracing::error!(job = %id, kind = %kind, duration_s = format!("{duration:.1}"), "job failed: {e}")
+            }
+        }
+        rec.unwrap_or_else(|| JobRecord {
+            id,
+            kind,
+            state,
+            actor,
+            queued_at: String::new(),
+            started_at: None,
+            finished_at: Some(now_rfc3339()),
+            error: outcome.error.clone(),
+            summary: Some(outcome.summary.clone()),
+            result: outcome.result.clone(),
+        })
+    }
+
+    async fn audit_with(&self, cfg: &Config, entry: AuditEntry) -> anyhow::Result<u64> {
+        let log = AuditLog::new(&cfg.audit);
+        tokio::task::spawn_blocking(move || log.append(entry)).await?
+    }
+}
