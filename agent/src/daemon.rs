@@ -71,6 +71,21 @@ async fn publish_schedule(runner: &Runner) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The watchdog interval systemd asked for, per sd_watchdog_enabled(3): from
+/// `WATCHDOG_USEC`, and only if `WATCHDOG_PID` is unset or names this process.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|u| *u > 0)?;
+    match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {
+        None => Some(usec),
+        Some(Ok(pid)) if pid == std::process::id() => Some(usec),
+        Some(_) => None,
+    }
+}
+
 /// Run the daemon until SIGTERM/SIGINT. `config` is already loaded and valid.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     ensure_private_dir(&config.state_dir)?;
@@ -86,8 +101,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     ]);
     tracing::info!(host_id = %runner.config().host_id, "cloudnx-agent {} ready", env!("CARGO_PKG_VERSION"));
 
-    let mut watchdog_usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
+    if let Some(watchdog_usec) = watchdog_usec() {
         let token = runner.shutdown_token();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_micros(watchdog_usec / 2));

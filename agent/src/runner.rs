@@ -176,7 +176,7 @@ impl JobLock {
                 let _ = lock
                     .set_len(0)
                     .and_then(|()| lock.rewind())
-                    .and_then(|_| write!(lock, "{}\n", std::process::id()));
+                    .and_then(|_| writeln!(lock, "{}", std::process::id()));
                 Ok(JobLock { _lock: lock })
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -528,7 +528,7 @@ impl Runner {
             method,
             path: Some(format!("/v1/jobs/{kind}")),
             request_id,
-            duration_ms: Some((duration * 1000.0) as u64),
+            duration_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
             action: "job.finish".into(),
             detail: serde_json::json!({"job_id": id, "kind": kind, "state": state, "changed": outcome.changed, "error": outcome.error}),
             ..Default::default()
@@ -609,5 +609,47 @@ impl Runner {
     async fn audit_with(&self, cfg: &Config, entry: AuditEntry) -> anyhow::Result<u64> {
         let log = AuditLog::new(&cfg.audit);
         tokio::task::spawn_blocking(move || log.append(entry)).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_of_a_kind_is_refused_naming_the_holder_and_freed_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let held = JobLock::try_acquire(d.path(), JobKind::Backup).unwrap();
+        match JobLock::try_acquire(d.path(), JobKind::Backup) {
+            Err(SubmitError::AlreadyRunning { kind, holder }) => {
+                assert_eq!(kind, JobKind::Backup);
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                );
+            }
+            other => panic!("expected AlreadyRunning, got {:?}", other.map(|_| ())),
+        }
+        // Other kinds are independent.
+        let _snap = JobLock::try_acquire(d.path(), JobKind::Snapshot).unwrap();
+        drop(held);
+        JobLock::try_acquire(d.path(), JobKind::Backup)
+            .expect("free again after the holder dropped it");
+    }
+
+    #[test]
+    fn lock_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let _l = JobLock::try_acquire(&state, JobKind::LuksCheck).unwrap();
+        for p in [&state, &state.join("locks")] {
+            assert_eq!(
+                std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+                0o700,
+                "{}",
+                p.display()
+            );
+        }
     }
 }

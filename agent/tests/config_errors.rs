@@ -1,0 +1,245 @@
+//! Configuration mistakes exit 2 and name the file, line and column (or the path) and a fix.
+
+mod support;
+use std::os::unix::fs::PermissionsExt;
+use support::{agent, text, Scratch};
+
+fn check(s: &Scratch, body: &str) -> (i32, String) {
+    let cfg = s.config(body);
+    let o = agent(&cfg, &["check-config"]);
+    (o.status.code().unwrap_or(-1), text(&o))
+}
+
+/// Line of `needle` in the generated agent.toml (1-based).
+fn line_of(s: &Scratch, needle: &str) -> usize {
+    let t = std::fs::read_to_string(s.path("agent.toml")).unwrap();
+    t.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in config")
+        + 1
+}
+
+#[test]
+fn unknown_key_is_rejected_with_file_line_and_column() {
+    let s = Scratch::new();
+    let (code, out) = check(&s, "[luks]\nschedul = \"*/5 * * * *\"\n");
+    assert_eq!(code, 2, "{out}");
+    let want = format!(
+        "agent.toml:{}:1: unknown field `schedul`",
+        line_of(&s, "schedul")
+    );
+    assert!(out.contains(&want), "expected {want:?} in:\n{out}");
+    assert!(
+        out.contains("expected one of"),
+        "the error should list the valid keys:\n{out}"
+    );
+}
+
+#[test]
+fn wrong_type_names_position() {
+    let s = Scratch::new();
+    let (code, out) = check(
+        &s,
+        "[snapshots]\napi_token_id = \"a@pve!b\"\nretention_days = \"seven\"\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "retention_days");
+    assert!(out.contains(&format!("agent.toml:{l}:18:")), "{out}");
+    assert!(out.contains("invalid type"), "{out}");
+}
+
+#[test]
+fn bad_cron_is_rejected_with_position_and_hint() {
+    let s = Scratch::new();
+    let (code, out) = check(&s, "[luks]\nschedule = \"61 * * * *\"\n");
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "61 * * * *");
+    assert!(
+        out.contains(&format!(
+            "agent.toml:{l}:12: invalid schedule \"61 * * * *\""
+        )),
+        "{out}"
+    );
+    assert!(out.contains("hint: use 5 fields"), "{out}");
+}
+
+#[test]
+fn six_field_cron_is_rejected() {
+    let s = Scratch::new();
+    let (code, out) = check(&s, "[luks]\nschedule = \"0 30 2 * * *\"\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("expected 5 fields, found 6"), "{out}");
+}
+
+#[test]
+fn bad_time_zone_is_rejected() {
+    let s = Scratch::new();
+    let cfg = s.config("");
+    let t = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("Asia/Kolkata", "Mars/Olympus_Mons");
+    std::fs::write(&cfg, t).unwrap();
+    let o = agent(&cfg, &["check-config"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!(
+            "agent.toml:{}:12: unknown time zone \"Mars/Olympus_Mons\"",
+            line_of(&s, "Mars")
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_secret_file_names_the_path() {
+    let s = Scratch::new();
+    let missing = s.path("secrets/pve-token");
+    let (code, out) = check(
+        &s,
+        &format!(
+            "[snapshots]\napi_token_id = \"a@pve!b\"\napi_token_secret_file = \"{}\"\n",
+            missing.display()
+        ),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("secret file {} cannot be read", missing.display())),
+        "{out}"
+    );
+    assert!(out.contains("install -m 0600"), "{out}");
+}
+
+#[test]
+fn world_readable_secret_is_rejected_without_revealing_it() {
+    let s = Scratch::new();
+    let secret = s.secret("secrets/pve-token", "s3cr3t-token-value");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out) = check(
+        &s,
+        &format!(
+            "[snapshots]\napi_token_id = \"a@pve!b\"\napi_token_secret_file = \"{}\"\n",
+            secret.display()
+        ),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("is accessible by group or other (mode 0644)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("chmod 0600 {}", secret.display())),
+        "{out}"
+    );
+    assert!(
+        !out.contains("s3cr3t-token-value"),
+        "the secret leaked into the error:\n{out}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let s = Scratch::new();
+    let (code, out) = check(
+        &s,
+        "[luks]\nschedule = \"nope\"\n[luks.policy]\npbkdf = \"md5\"\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("2 configuration problems"), "{out}");
+    assert!(out.contains("invalid schedule"), "{out}");
+    assert!(out.contains("unknown pbkdf \"md5\""), "{out}");
+}
+
+#[test]
+fn drop_in_errors_name_the_drop_in_file() {
+    let s = Scratch::new();
+    let cfg = s.config("");
+    std::fs::create_dir_all(s.path("agent.d")).unwrap();
+    std::fs::write(s.path("agent.d/50-extra.toml"), "\n[luks]\nbogus = 1\n").unwrap();
+    let o = agent(&cfg, &["check-config"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("agent.d/50-extra.toml:3:1: unknown field `bogus`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn drop_ins_merge_over_the_main_file_in_name_order() {
+    let s = Scratch::new();
+    let cfg = s.config("[luks]\nschedule = \"*/5 * * * *\"\n");
+    std::fs::create_dir_all(s.path("agent.d")).unwrap();
+    std::fs::write(
+        s.path("agent.d/10-a.toml"),
+        "[luks]\nschedule = \"0 1 * * *\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        s.path("agent.d/20-b.toml"),
+        "[luks]\nschedule = \"0 3 * * *\"\n",
+    )
+    .unwrap();
+    std::fs::write(s.path("agent.d/ignored.conf"), "not toml at all [").unwrap();
+    let o = agent(&cfg, &["check-config"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("luks-check     \"0 3 * * *\" in Asia/Kolkata"),
+        "{out}"
+    );
+    assert!(out.contains("agent.d/20-b.toml"), "{out}");
+}
+
+#[test]
+fn config_path_comes_from_the_environment_variable() {
+    let s = Scratch::new();
+    let cfg = s.config("");
+    let o = std::process::Command::new(support::agent_bin())
+        .arg("check-config")
+        .env("CLOUDNX_AGENT_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains(&cfg.display().to_string()));
+    let o = std::process::Command::new(support::agent_bin())
+        .arg("check-config")
+        .env("CLOUDNX_AGENT_CONFIG", s.path("nope.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("nope.toml: cannot read configuration"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn undefined_destination_reference_is_a_config_error() {
+    let s = Scratch::new();
+    let key = s.secret("keys/pub.asc", "not checked here");
+    let (code, out) = check(&s, &format!(
+        "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"/srv/x\"\n\n[backup]\ndestinations = [\"local\", \"offsite\"]\nencrypt_to = [\"{}\"]\n",
+        key.display()
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("[backup] destinations names \"offsite\", which no [[destinations]] defines"),
+        "{out}"
+    );
+    assert!(out.contains("defined destinations: [\"local\"]"), "{out}");
+}
+
+#[test]
+fn a_job_whose_section_is_absent_exits_2_saying_so() {
+    let s = Scratch::new();
+    let cfg = s.config("");
+    let o = agent(&cfg, &["snapshot"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("the snapshot job is not configured: add a [snapshots] section"),
+        "{}",
+        text(&o)
+    );
+}
