@@ -243,3 +243,19 @@ fn a_job_whose_section_is_absent_exits_2_saying_so() {
         text(&o)
     );
 }
+
+#[test]
+fn the_shipped_agent_toml_uses_only_real_keys() {
+    // On a test machine its files do not exist; every other kind of problem is a bug in the doc.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
+    let o = agent(&shipped, &["check-config"]);
+    let out = text(&o);
+    let problems: Vec<&str> = out.lines().filter(|l| l.contains("agent.toml:")).collect();
+    assert!(!problems.is_empty(), "expected missing-file problems on a test machine:\n{out}");
+    for p in problems {
+        assert!(
+            p.contains("cannot read") || p.contains("secret file"),
+            "config/agent.toml has a problem other than a missing file: {p}\n{out}"
+        );
+    }
+}
