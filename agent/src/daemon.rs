@@ -145,7 +145,33 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Kinds whose latest scheduled slot passed while the agent was down.
+fn catch_up(runner: &Arc<Runner>) {
+    let cfg = runner.config();
+    let store = runner.metrics();
+    let now = Utc::now();
+    for kind in JobKind::ALL {
+        let Some(schedule) = kind.schedule(&cfg) else {
+            continue;
+        };
+        let last = store
+            .read(
+                "cloudnx_job_last_run_timestamp_seconds",
+                &[("kind", kind.as_str())],
+            )
+            .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0));
+        if let Some(slot) = crate::schedule::missed_slot(schedule, cfg.timezone, last, now) {
+            tracing::warn!(kind = %kind, "the {kind} run scheduled for {} was missed while the agent was down; running it once now", slot.to_rfc3339());
+            match runner.submit(kind, Trigger::Schedule, JobParams::default()) {
+                Ok(rec) => tracing::info!(job = %rec.id, "catch-up {kind} queued"),
+                Err(e) => tracing::warn!("catch-up {kind} not started: {e}"),
+            }
+        }
+    }
+}
+
 async fn schedule_loop(runner: Arc<Runner>) {
+    catch_up(&runner);
     loop {
         let now = Utc::now();
         let next = runner.next_fires(now);

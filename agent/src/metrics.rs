@@ -156,6 +156,19 @@ impl MetricsStore {
         &self.textfile
     }
 
+    /// A value from the persisted state (not from the exposition file), e.g. the
+    /// last run time of a kind; None when the series was never written.
+    pub fn read(&self, name: &str, labels: &[(&'static str, &str)]) -> Option<f64> {
+        let state: State = serde_json::from_slice(&std::fs::read(&self.state).ok()?).ok()?;
+        let key = render_labels(
+            &labels
+                .iter()
+                .map(|(k, v)| (*k, (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        );
+        state.families.get(name)?.get(&key).copied()
+    }
+
     /// Apply an update and re-render the exposition file, under the cross-process lock.
     pub fn apply(&self, update: &MetricsUpdate) -> anyhow::Result<()> {
         let lock = std::fs::OpenOptions::new()

@@ -55,6 +55,29 @@ impl Schedule {
     }
 }
 
+/// Whether a kind missed its slot while the agent was down and should run once now.
+///
+/// `last_run` is when the kind last ran on this host (None: never — a fresh
+/// install waits for its schedule instead of starting heavy work at install
+/// time). A kind is due for catch-up when its most recent scheduled time lies
+/// after its last run. Only ever one catch-up per kind, however many slots were
+/// missed, so a long outage never replays a storm.
+pub fn missed_slot(
+    schedule: &Schedule,
+    tz: Tz,
+    last_run: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let last_run = last_run?;
+    let local = now.trunc_subsecs(0).with_timezone(&tz);
+    let prev = schedule
+        .cron
+        .find_previous_occurrence(&local, false)
+        .ok()?
+        .with_timezone(&Utc);
+    (prev > last_run).then_some(prev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +148,36 @@ mod tests {
         assert!(Schedule::parse("61 * * * *").is_err());
         assert!(Schedule::parse("every day").is_err());
         assert!(Schedule::parse("").is_err());
+    }
+
+    #[test]
+    fn catch_up_table() {
+        let s = Schedule::parse("30 2 * * *").unwrap(); // 21:00 UTC
+        let tz = chrono_tz::Asia::Kolkata;
+        let now = utc("2026-11-23T23:00:00Z"); // two hours after today's slot
+        let cases = [
+            (None, None, "fresh install: wait for the schedule"),
+            (Some("2026-11-23T21:05:00Z"), None, "ran in today's slot"),
+            (
+                Some("2026-11-22T21:05:00Z"),
+                Some("2026-11-23T21:00:00Z"),
+                "down over today's slot: catch up once",
+            ),
+            (
+                Some("2026-11-01T21:05:00Z"),
+                Some("2026-11-23T21:00:00Z"),
+                "down for weeks: still one catch-up, for the latest slot",
+            ),
+            (
+                Some("2026-11-23T22:00:00Z"),
+                None,
+                "ran by hand after the slot",
+            ),
+        ];
+        for (last, want, why) in cases {
+            let got = missed_slot(&s, tz, last.map(utc), now);
+            assert_eq!(got, want.map(utc), "{why}");
+        }
     }
 
     proptest::proptest! {

@@ -251,7 +251,10 @@ fn the_shipped_agent_toml_uses_only_real_keys() {
     let o = agent(&shipped, &["check-config"]);
     let out = text(&o);
     let problems: Vec<&str> = out.lines().filter(|l| l.contains("agent.toml:")).collect();
-    assert!(!problems.is_empty(), "expected missing-file problems on a test machine:\n{out}");
+    assert!(
+        !problems.is_empty(),
+        "expected missing-file problems on a test machine:\n{out}"
+    );
     for p in problems {
         assert!(
             p.contains("cannot read") || p.contains("secret file"),
