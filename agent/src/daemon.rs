@@ -159,7 +159,16 @@ fn catch_up(runner: &Arc<Runner>) {
                 "cloudnx_job_last_run_timestamp_seconds",
                 &[("kind", kind.as_str())],
             )
-            .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0));
+            // Whole seconds since the epoch: far inside i64.
+            .and_then(|t| {
+                chrono::DateTime::from_timestamp(
+                    #[allow(clippy::cast_possible_truncation)]
+                    {
+                        t as i64
+                    },
+                    0,
+                )
+            });
         if let Some(slot) = crate::schedule::missed_slot(schedule, cfg.timezone, last, now) {
             tracing::warn!(kind = %kind, "the {kind} run scheduled for {} was missed while the agent was down; running it once now", slot.to_rfc3339());
             match runner.submit(kind, Trigger::Schedule, JobParams::default()) {
