@@ -113,3 +113,85 @@ fn promtool_finds_no_problems_in_the_metrics_file() {
         "promtool reported lint problems:\n{out}"
     );
 }
+
+#[test]
+fn a_thousand_scrapes_during_continuous_rewrites_never_see_a_torn_file() {
+    use cloudnx_agent::metrics::{MetricsStore, MetricsUpdate};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let ne = require("prometheus-node-exporter");
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("state")).unwrap();
+    let store = MetricsStore::new(&s.path("state"), &s.path("metrics"), "torn-test");
+    store.apply(&MetricsUpdate::default()).unwrap();
+    let port = free_port();
+    let mut exporter = Command::new(ne)
+        .args(["--collector.disable-defaults", "--collector.textfile"])
+        .arg(format!(
+            "--collector.textfile.directory={}",
+            s.path("metrics").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, writes, store) = (stop.clone(), writes.clone(), store.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut u = MetricsUpdate::default();
+                // Many series so a torn read would cut through the middle of the file.
+                for db in 0..200 {
+                    u.set(
+                        "cloudnx_backup_last_size_bytes",
+                        &[("database", &format!("db{db}"))],
+                        (i * 1000 + db) as f64,
+                    );
+                }
+                store.apply(&u).unwrap();
+                i += 1;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http_get(port, "/metrics").is_none_or(|b| !b.contains("node_textfile_scrape_error")) {
+        assert!(Instant::now() < deadline, "node_exporter did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut bad = Vec::new();
+    for n in 0..1000 {
+        let body = http_get(port, "/metrics").expect("scrape");
+        let series = body
+            .lines()
+            .filter(|l| l.starts_with("cloudnx_backup_last_size_bytes{"))
+            .count();
+        if !body.contains("node_textfile_scrape_error 0") || series != 200 {
+            bad.push(format!(
+                "scrape {n}: scrape_error line {:?}, {series} series",
+                body.lines()
+                    .find(|l| l.starts_with("node_textfile_scrape_error"))
+            ));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    assert!(
+        writes.load(Ordering::Relaxed) > 50,
+        "the writer must really have rewritten the file during the scrapes"
+    );
+    assert!(
+        bad.is_empty(),
+        "{} torn or failed scrapes, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
