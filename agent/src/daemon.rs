@@ -128,6 +128,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 }
                 notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&runner))]);
             }
+            () = runner.jobs_changed.notified() => notify(&[NotifyState::Status(&status_line(&runner))]),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

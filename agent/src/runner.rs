@@ -147,6 +147,8 @@ pub struct Runner {
     tasks: TaskTracker,
     /// Notified whenever a new configuration is swapped in.
     pub reloaded: tokio::sync::Notify,
+    /// Signalled (one stored permit) whenever a job starts or finishes.
+    pub jobs_changed: tokio::sync::Notify,
 }
 
 /// A held per-kind lock; released on drop.
@@ -218,6 +220,7 @@ impl Runner {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             reloaded: tokio::sync::Notify::new(),
+            jobs_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -445,6 +448,7 @@ impl Runner {
             r.started_at = Some(now_rfc3339());
         });
         tracing::info!(job = %id, kind = %kind, actor = %actor, "job started");
+        self.jobs_changed.notify_one();
         let ctx = JobContext {
             id: id.clone(),
             kind,
@@ -584,6 +588,7 @@ impl Runner {
             }
         }
         drop(lock);
+        self.jobs_changed.notify_one();
         match &outcome.error {
             None => {
                 tracing::info!(job = %id, kind = %kind, duration_s = format!("{duration:.1}"), "job succeeded: {}", outcome.summary)
