@@ -62,3 +62,11 @@ impl RawAudit {
         }
     }
 }
+
+impl AuditConfig {
+    /// Why `signing_key_file` is unusable as a secret (absent, group/other
+    /// access, not a file), if it is: (message, how to fix). Never reads it.
+    pub fn signing_key_problem(&self) -> Option<(String, String)> {
+        secret_file_problem(&self.signing_key_file, false)
+    }
+}
