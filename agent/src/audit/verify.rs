@@ -205,25 +205,22 @@ pub fn verify(
     };
     drop(lock);
 
-    let problem = walk(&mut report, &mut opened, &mut cps)?;
-    report.problem = match (problem, gap) {
-        (Some(p), _) => Some(p),
-        (None, Some(g)) => Some(Problem {
-            seq: report.head.as_ref().map_or(1, |h| h.seq + 1),
-            what: format!(
-                "the rotated file {} is missing (later files exist): records from here on cannot be checked",
-                files.rotated(g).display()
-            ),
-        }),
-        (None, None) => None,
-    };
+    report.problem = walk(
+        &mut report,
+        &mut opened,
+        &mut cps,
+        gap.map(|g| files.rotated(g)),
+    )?;
     Ok(report)
 }
 
+/// Read `opened` in order against the checkpoints; `gap`: a rotated file
+/// missing after the opened ones.
 fn walk(
     report: &mut Report,
     opened: &mut [Opened],
     cps: &mut Checkpoints<'_>,
+    gap: Option<PathBuf>,
 ) -> anyhow::Result<Option<Problem>> {
     let mut expected_seq = 1u64;
     let mut expected_prev = GENESIS.to_owned();
@@ -281,7 +278,7 @@ fn walk(
                     return Ok(Some(blame_previous(p.seq)));
                 }
                 let what = if rec.seq > expected_seq {
-                    format!("{at}: record seq {expected_seq} is missing (found seq {} where it belongs): records deleted", rec.seq)
+                    format!("{at}: record seq {expected_seq} is missing or out of order (found seq {} where it belongs): records deleted or moved", rec.seq)
                 } else {
                     format!("{at}: found seq {} where seq {expected_seq} belongs: records reordered or duplicated", rec.seq)
                 };
@@ -337,6 +334,15 @@ fn walk(
                 report.head = Some(Head { seq: rec.seq, hash });
             }
         }
+    }
+    if let Some(missing) = gap {
+        return Ok(Some(Problem {
+            seq: expected_seq,
+            what: format!(
+                "the rotated file {} is missing (later files exist): records from seq {expected_seq} on cannot be checked",
+                missing.display()
+            ),
+        }));
     }
     if let Some(p) = pending {
         return Ok(Some(Problem {
