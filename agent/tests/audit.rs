@@ -149,7 +149,7 @@ fn changing_any_single_byte_of_any_record_is_caught_at_that_seq() {
             len - 1,
             *len,
         ];
-        positions.extend((0..8).map(|k| (seq as usize * 7919 + k * 104_729) % (len + 1)));
+        positions.extend((0..8).map(|k| (idx * 7919 + k * 104_729) % (len + 1)));
         for pos in positions {
             let original = std::fs::read(file).unwrap();
             let mut bytes = original.clone();
@@ -438,6 +438,14 @@ fn verify_exits_2_on_configuration_errors() {
     std::fs::write(&s.config_path, "host_id = 1\n").unwrap();
     let (code, out) = s.verify();
     assert_eq!(code, 2, "{out}");
+    let bad = support::Scratch::new();
+    let o = support::agent(&bad.config("rotate_bytes = 10\n"), &["audit", "verify"]);
+    let out = support::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("agent.toml:12") && out.contains("rotate_bytes must be at least 1024"),
+        "{out}"
+    );
     // Checkpoints but no key to check them with is a configuration problem too.
     let s = log_of(3, 1 << 20);
     std::fs::remove_file(&s.config.audit.signing_key_file).unwrap();

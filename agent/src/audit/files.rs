@@ -221,7 +221,8 @@ mod tests {
 
     #[test]
     fn tail_split_finds_the_last_whole_line_and_the_torn_fragment() {
-        let cases: &[(&[u8], bool, Option<(usize, Option<(usize, usize)>)>)] = &[
+        type Split = Option<(usize, Option<(usize, usize)>)>;
+        let cases: &[(&[u8], bool, Split)] = &[
             (b"", true, Some((0, None))),
             (b"abc", true, Some((0, None))),
             (b"abc", false, None),

@@ -5,6 +5,9 @@ use super::problem::Check;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Smallest `rotate_bytes` accepted.
+pub const MIN_ROTATE_BYTES: u64 = 1024;
+
 /// `[audit]` as written in one file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +42,15 @@ impl RawAudit {
                     i.span(),
                     "checkpoint_interval_seconds must be at least 1",
                     "60 is the default",
+                );
+            }
+        }
+        if let Some(r) = &self.rotate_bytes {
+            if *r.get_ref() < MIN_ROTATE_BYTES {
+                c.err(
+                    r.span(),
+                    format!("rotate_bytes must be at least {MIN_ROTATE_BYTES} (one file per few records is no use)"),
+                    "67108864 (64 MiB) is the default",
                 );
             }
         }
