@@ -148,14 +148,24 @@ fn kill_9_during_heavy_appends_leaves_a_chain_that_verifies_and_a_reported_torn_
 fn two_processes_appending_at_once_never_fork_the_chain() {
     // Small files: rotations happen while the other process waits for the lock.
     let s = AuditScratch::on_disk("rotate_bytes = 20000\n");
-    let a = spawn_appender(&s, 150, 100, "a");
-    let b = spawn_appender(&s, 150, 100, "b");
-    for mut c in [a, b] {
-        assert!(c.wait().unwrap().success());
+    let mut a = spawn_appender(&s, 150, 100, "a");
+    let mut b = spawn_appender(&s, 150, 100, "b");
+    // Meanwhile: checkpoints sealed and the log verified, as the daemon and an
+    // operator would; neither may see a fork or a half-rotated log.
+    let mut verifies = 0;
+    while a.try_wait().unwrap().is_none() || b.try_wait().unwrap().is_none() {
+        s.seal();
+        let (code, out) = s.verify();
+        assert_eq!(code, 0, "verify during appends\n{out}");
+        verifies += 1;
     }
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    assert!(verifies > 0);
+    s.seal();
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK: 300 records in"), "{out}");
+    assert!(out.contains("last checkpoint: seq 300 "), "{out}");
     let files = s.chain_files();
     assert!(files.len() > 3, "{files:?}");
     // Both writers' records are all there, each once.
