@@ -257,4 +257,29 @@ mod tests {
         assert_eq!(t.torn_bytes(), 4);
         assert_eq!(t.whole_len, 6 + 20_001);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn read_tail_agrees_with_splitting_the_whole_file(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![1 => proptest::strategy::Just(b'\n'), 200 => proptest::num::u8::ANY],
+                0..40_000,
+            )
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("f");
+            std::fs::write(&p, &bytes).unwrap();
+            let t = read_tail(&mut std::fs::File::open(&p).unwrap()).unwrap();
+            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let last = (whole > 0).then(|| {
+                let body = &bytes[..whole - 1];
+                let from = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                body[from..].to_vec()
+            });
+            proptest::prop_assert_eq!(t.len, bytes.len() as u64);
+            proptest::prop_assert_eq!(t.whole_len, whole as u64);
+            proptest::prop_assert_eq!(t.last_line, last);
+        }
+    }
 }
