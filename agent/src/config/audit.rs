@@ -5,6 +5,9 @@ use super::problem::Check;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Smallest `rotate_bytes` accepted.
+pub const MIN_ROTATE_BYTES: u64 = 1024;
+
 /// `[audit]` as written in one file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +45,15 @@ impl RawAudit {
                 );
             }
         }
+        if let Some(r) = &self.rotate_bytes {
+            if *r.get_ref() < MIN_ROTATE_BYTES {
+                c.err(
+                    r.span(),
+                    format!("rotate_bytes must be at least {MIN_ROTATE_BYTES} (one file per few records is no use)"),
+                    "67108864 (64 MiB) is the default",
+                );
+            }
+        }
     }
 
     /// Merge a later fragment over this one.
@@ -60,5 +72,13 @@ impl RawAudit {
             checkpoint_interval_seconds: or(self.checkpoint_interval_seconds, 60),
             rotate_bytes: or(self.rotate_bytes, 64 << 20),
         }
+    }
+}
+
+impl AuditConfig {
+    /// Why `signing_key_file` is unusable as a secret (absent, group/other
+    /// access, not a file), if it is: (message, how to fix). Never reads it.
+    pub fn signing_key_problem(&self) -> Option<(String, String)> {
+        secret_file_problem(&self.signing_key_file, false)
     }
 }

@@ -109,3 +109,5 @@ pub fn require(program: &str) -> PathBuf {
         )
     })
 }
+/// Audit-log helpers (scratch log, mixed records, verify).
+pub mod audit;
