@@ -95,6 +95,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
 
     publish_schedule(&runner).await?;
+    // Long-lived services; returns once the API listener (if configured) is bound,
+    // so READY=1 below means the control plane can reach us.
+    crate::control::start(runner.clone()).await?;
+    let checkpointer = crate::audit::checkpoint::spawn(runner.clone());
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(&runner)),
@@ -141,6 +145,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     scheduler.abort();
     if !runner.shutdown(STOP_GRACE).await {
         tracing::warn!("some jobs did not finish cancelling within {STOP_GRACE:?}");
+    }
+    // The checkpointer seals the records of the last moments before it returns.
+    if tokio::time::timeout(STOP_GRACE, checkpointer)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the audit checkpointer did not finish its final seal within {STOP_GRACE:?}"
+        );
     }
     tracing::info!("stopped");
     Ok(())

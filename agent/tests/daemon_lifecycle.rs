@@ -165,6 +165,29 @@ fn daemon_notifies_ready_watchdog_reload_and_stopping() {
     peer.wait_for("STOPPING=1", Duration::from_secs(5));
     let st = wait_exit(&mut child, Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "SIGTERM must exit 0");
+
+    // The reload records were sealed by a signed checkpoint on the way out, and verify.
+    let checkpoints =
+        std::fs::read_to_string(s.path("state/audit.jsonl.checkpoints")).unwrap_or_default();
+    assert!(
+        !checkpoints.trim().is_empty(),
+        "no checkpoint written by the daemon"
+    );
+    let o = support::agent(&cfg_good(&s), &["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", support::text(&o));
+}
+
+/// The config rewritten to a valid one (the test left it broken).
+fn cfg_good(s: &Scratch) -> std::path::PathBuf {
+    let p = s.path("agent.toml");
+    std::fs::write(
+        &p,
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("not a schedule", "45 3 * * *"),
+    )
+    .unwrap();
+    p
 }
 
 #[test]

@@ -23,12 +23,6 @@ pub use record::{sha256_hex, AuditEntry, Head, Record, GENESIS};
 use crate::cli::{load_or_report, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use std::path::PathBuf;
 
-/// Start the daemon task that seals the head in signed checkpoints every
-/// `checkpoint_interval_seconds` (and once more at shutdown).
-pub fn start_checkpointer(runner: std::sync::Arc<crate::runner::Runner>) {
-    drop(checkpoint::spawn(runner));
-}
-
 /// `audit verify`: 0 when the chain and every checkpoint verify, 1 naming the
 /// first bad seq, 2 for configuration errors.
 pub fn cli_verify(config: Option<PathBuf>) -> u8 {
