@@ -87,7 +87,12 @@ class Sim:
             for s in g.get("snapshots", []):
                 s = dict(s)
                 s.setdefault("description", "")
+                # Scenario files can say how old a snapshot is instead of when it was taken.
+                if "age_days" in s:
+                    s["snaptime"] = int(self.t0 - float(s.pop("age_days")) * 86400)
                 s.setdefault("snaptime", int(self.t0) - 3600)
+                s["name"] = s["name"].replace(
+                    "{stamp}", time.strftime("%Y%m%d%H%M%S", time.gmtime(s["snaptime"])))
                 snaps[s["name"]] = s
             g["snapshots"] = snaps
             self.guests[int(g["vmid"])] = g

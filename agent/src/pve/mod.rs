@@ -54,16 +54,16 @@ impl GuestType {
 fn pve_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum B {
-        N(i64),
-        B(bool),
-        S(String),
+    enum Raw {
+        Int(i64),
+        Bool(bool),
+        Text(String),
     }
-    Ok(match Option::<B>::deserialize(d)? {
+    Ok(match Option::<Raw>::deserialize(d)? {
         None => false,
-        Some(B::N(n)) => n != 0,
-        Some(B::B(b)) => b,
-        Some(B::S(s)) => matches!(s.as_str(), "1" | "true" | "yes" | "on"),
+        Some(Raw::Int(n)) => n != 0,
+        Some(Raw::Bool(b)) => b,
+        Some(Raw::Text(s)) => matches!(s.as_str(), "1" | "true" | "yes" | "on"),
     })
 }
 
@@ -236,7 +236,7 @@ impl PveError {
                     |(path, priv_)| format!("{priv_} on {path}"),
                 );
                 Some(format!(
-                    "grant {what} to {token_id} (and to its user if the token has privilege separation), e.g. pveum acl modify /vms --tokens '{token_id}' --roles PVEVMAdmin"
+                    "grant {what} to {token_id} (and to its user if the token has privilege separation), e.g. pveum role add CloudnxSnapshot --privs 'VM.Audit VM.Snapshot'; pveum acl modify /vms --tokens '{token_id}' --roles CloudnxSnapshot"
                 ))
             }
             PveError::Transport { cause, .. } if cause.contains("certificate") || cause.contains("UnknownIssuer") => Some(

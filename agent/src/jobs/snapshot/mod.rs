@@ -536,14 +536,28 @@ fn outcome(
     let deleted: usize = reports.iter().map(|r| r.deleted.len()).sum();
     let kept: usize = reports.iter().map(|r| r.retention_skipped.len()).sum();
     let leftovers: usize = reports.iter().map(|r| r.leftovers.len()).sum();
+    // Name the guests that need a look, so the one-line summary is actionable.
+    let attention: Vec<String> = GuestResult::ALL
+        .iter()
+        .filter(|res| !matches!(res, GuestResult::Ok))
+        .filter_map(|res| {
+            let ids: Vec<String> = reports
+                .iter()
+                .filter(|r| r.result == *res)
+                .map(|r| r.vmid.to_string())
+                .collect();
+            (!ids.is_empty()).then(|| format!("{} {}", res.as_str(), ids.join(",")))
+        })
+        .collect();
     let summary = format!(
-        "{snapname} on {}: {} ok, {} degraded, {} locked, {} unsupported, {} failed; {deleted} old snapshot(s) deleted{}{}; {} guest(s) skipped",
+        "{snapname} on {}: {} ok, {} degraded, {} locked, {} unsupported, {} failed{}; {deleted} old snapshot(s) deleted{}{}; {} guest(s) skipped",
         cfg.node,
         count(GuestResult::Ok),
         count(GuestResult::Degraded),
         count(GuestResult::Locked),
         count(GuestResult::Unsupported),
         count(GuestResult::Failed),
+        if attention.is_empty() { String::new() } else { format!(" ({})", attention.join("; ")) },
         if kept > 0 { format!(", {kept} kept (replication/lock)") } else { String::new() },
         if leftovers > 0 { format!(", {leftovers} half-done snapshot(s) need a look") } else { String::new() },
         skipped.len(),
