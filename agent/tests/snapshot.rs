@@ -426,3 +426,73 @@ fn plain_http_api_url_is_a_configuration_error() {
         "{t}"
     );
 }
+
+#[test]
+fn create_task_outliving_its_deadline_fails_the_guest_and_says_so() {
+    let scratch = Scratch::new();
+    let sim = PveSim::start(
+        scratch.dir.path(),
+        json!({"node": "pve1", "task_seconds": 4, "guests": [{"vmid": 100}]}),
+    );
+    let started = std::time::Instant::now();
+    let (out, rec) = job(&scratch, &sim, "create_timeout_seconds = 1");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "did not wait for the task"
+    );
+    let msg = guest(&rec, 100)["message"].as_str().unwrap();
+    assert!(
+        msg.contains("still running after 1 s") && msg.contains("create_timeout_seconds"),
+        "{msg}"
+    );
+    assert!(sim.stats()["deleted"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn sigterm_stops_the_run_at_the_next_safe_point_without_starting_new_snapshots() {
+    let scratch = Scratch::new();
+    let sim = PveSim::start(
+        scratch.dir.path(),
+        json!({"node": "pve1", "task_seconds": 30, "guests": [{"vmid": 100}, {"vmid": 101}, {"vmid": 102}]}),
+    );
+    let secret = scratch.secret("secrets/pve-token", TOKEN_SECRET);
+    let cfg = scratch.config(&sim.section(&secret, "concurrency = 1"));
+    let child = std::process::Command::new(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("snapshot")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sim.stats()["created"].as_array().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot was started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("cancelled"), "{t}");
+    assert_eq!(
+        sim.stats()["created"].as_array().unwrap().len(),
+        1,
+        "no new snapshot after SIGTERM"
+    );
+}
