@@ -496,3 +496,25 @@ fn sigterm_stops_the_run_at_the_next_safe_point_without_starting_new_snapshots()
         "no new snapshot after SIGTERM"
     );
 }
+
+#[test]
+fn brief_task_status_errors_are_ridden_out() {
+    let scratch = Scratch::new();
+    let sim = PveSim::start(
+        scratch.dir.path(),
+        json!({"node": "pve1", "task_seconds": 0.2, "status_blips": 2, "guests": [{"vmid": 100}]}),
+    );
+    let (out, rec) = job(&scratch, &sim, "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(guest(&rec, 100)["result"], "ok");
+    let polls = sim.stats()["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().ends_with("/status"))
+        .count();
+    assert!(
+        polls >= 3,
+        "the two failed polls were retried ({polls} polls)"
+    );
+}

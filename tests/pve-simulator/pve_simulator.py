@@ -72,6 +72,8 @@ class Sim:
             "privileges", {"*": ["VM.Audit", "VM.Snapshot"]}
         )
         self.task_seconds = float(scenario.get("task_seconds", 0.3))
+        # The first N task-status requests fail as during a pveproxy restart.
+        self.status_blips = int(scenario.get("status_blips", 0))
         self.fail_seconds = float(scenario.get("fail_seconds", 0.05))
         self.guests = {}
         for g in scenario["guests"]:
@@ -379,6 +381,9 @@ class Sim:
                              [f"delete snapshot '{name}'", "TASK OK"], self.task_seconds, finish)
 
     def task_status(self, node, upid):
+        if self.status_blips > 0:
+            self.status_blips -= 1
+            raise ApiError(503, "Service Unavailable")
         t = self.tasks.get(upid)
         if t is None or t["node"] != node:
             raise ApiError(500, f"no such task '{upid}'")

@@ -223,6 +223,15 @@ impl PveError {
         }
     }
 
+    /// Worth asking again: no answer, or a 5xx from the proxy.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PveError::Transport { .. } => true,
+            PveError::Api { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// How an operator fixes it, when we know.
     pub fn hint(&self, token_id: &str, secret_file: &Path) -> Option<String> {
         match self {
@@ -526,8 +535,26 @@ impl PveClient {
     ) -> Result<TaskStatus, PveError> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(100);
+        let mut blips = 0u32;
         loop {
-            let st = self.task_status(upid).await?;
+            // The task runs on regardless of our polling: ride out a few
+            // transient failures (pveproxy restarting during an update) rather
+            // than report a snapshot as failed that may well succeed.
+            let st = match self.task_status(upid).await {
+                Ok(st) => {
+                    blips = 0;
+                    st
+                }
+                Err(e) if e.is_transient() && blips < 3 => {
+                    blips += 1;
+                    tracing::warn!(upid = %upid, "polling task status failed ({e}); retrying");
+                    TaskStatus {
+                        status: "running".into(),
+                        exitstatus: None,
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             if st.stopped() {
                 return Ok(st);
             }
