@@ -76,7 +76,7 @@ fn twenty_guest_node_gets_the_right_outcome_for_each_guest_and_prunes_only_its_o
             old[0], old[1], old[2], recent, foreign("before-upgrade", 60, "admin"), lookalike]}),
         json!({"vmid": 101, "type": "lxc", "name": "dns", "snapshots": [old101]}),
         json!({"vmid": 102, "type": "qemu", "name": "tmpl", "template": 1, "status": "stopped"}),
-        json!({"vmid": 103, "type": "qemu", "name": "backing-up", "lock": "backup", "lock_until_seconds": 2.5}),
+        json!({"vmid": 103, "type": "qemu", "name": "backing-up", "lock": "backup", "lock_seconds_after_first_attempt": 1.5}),
         json!({"vmid": 104, "type": "qemu", "name": "stuck", "lock": "backup"}),
         json!({"vmid": 105, "type": "qemu", "name": "nfs-raw", "snapshot_feature": false}),
         json!({"vmid": 106, "type": "qemu", "name": "no-agent",
@@ -103,7 +103,7 @@ fn twenty_guest_node_gets_the_right_outcome_for_each_guest_and_prunes_only_its_o
     let (out, rec) = job(
         &scratch,
         &sim,
-        "concurrency = 2\nlock_retry_seconds = 8\nretention_days = 7",
+        "concurrency = 2\nlock_retry_seconds = 12\nretention_days = 7",
     );
     let stats = sim.stats();
     assert_eq!(
@@ -432,13 +432,13 @@ fn create_task_outliving_its_deadline_fails_the_guest_and_says_so() {
     let scratch = Scratch::new();
     let sim = PveSim::start(
         scratch.dir.path(),
-        json!({"node": "pve1", "task_seconds": 4, "guests": [{"vmid": 100}]}),
+        json!({"node": "pve1", "task_seconds": 8, "guests": [{"vmid": 100}]}),
     );
     let started = std::time::Instant::now();
     let (out, rec) = job(&scratch, &sim, "create_timeout_seconds = 1");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(4),
+        started.elapsed() < std::time::Duration::from_secs(6),
         "did not wait for the task"
     );
     let msg = guest(&rec, 100)["message"].as_str().unwrap();

@@ -28,6 +28,24 @@ Prints "LISTENING <port>" on stdout once it accepts connections. The
 statistics file (JSON, rewritten atomically after every change) records the
 maximum number of tasks in flight, every task and every request.
 
+Scenario (JSON):
+  node, nodes[]                 the node the agent asks about; all cluster nodes
+  token {id, secret}            the one API token that authenticates
+  privileges {"*"|vmid: [..]}   privileges per /vms/{vmid} (default VM.Audit + VM.Snapshot)
+  task_seconds, fail_seconds    how long successful / refused tasks run
+  status_blips                  the first N task-status requests answer 503
+  guests[]: vmid, type (qemu|lxc), node, name, status, template,
+            lock ("backup", …; forever unless one of:)
+            lock_until_seconds (after simulator start),
+            lock_seconds_after_first_attempt (after the first snapshot attempt hit it),
+            snapshot_feature (false: "snapshot feature is not available"),
+            freeze_warning (task ends "WARNINGS: 1" with this log line),
+            create_error (the create task fails with this text),
+            replicated_snapshots [names] (delete refused: needed by replication),
+            http_error {status, message} (POST snapshot answers this),
+            snapshots[]: name ("{stamp}" = its UTC time), description,
+                         snaptime | age_days, snapstate, parent
+
 Python 3 standard library only.
 """
 
@@ -146,6 +164,10 @@ class Sim:
             if g["lock"] and until is not None and now - self.t0 >= until:
                 g["lock"] = None
                 g.pop("lock_until_seconds")
+            unlock_at = g.get("unlock_at")
+            if g["lock"] and unlock_at is not None and now >= unlock_at:
+                g["lock"] = None
+                g.pop("unlock_at")
 
     def guest_lock(self, g):
         return g["lock"]
@@ -303,6 +325,11 @@ class Sim:
             err = "you can't take a snapshot if it's a template"
         elif g["lock"]:
             err = f"{kind} is locked ({g['lock']})"
+            # "lock_seconds_after_first_attempt": a backup that ends a while after
+            # the first snapshot attempt ran into it, however late that came.
+            after = g.pop("lock_seconds_after_first_attempt", None)
+            if after is not None:
+                g["unlock_at"] = self.now() + float(after)
         elif name in g["snapshots"]:
             err = f"snapshot name '{name}' already used"
         elif not g["snapshot_feature"]:
