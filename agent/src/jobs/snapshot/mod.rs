@@ -36,9 +36,9 @@ const LOG_TAIL: usize = 8;
 pub struct GuestReport {
     /// Guest id.
     pub vmid: u32,
-    /// `qemu` / `lxc`.
+    /// `qemu` / `lxc`; None for an included guest the API does not show.
     #[serde(rename = "type")]
-    pub guest_type: GuestType,
+    pub guest_type: Option<GuestType>,
     /// Display name.
     pub name: Option<String>,
     /// ok | degraded | failed | locked | unsupported.
@@ -90,7 +90,7 @@ impl GuestReport {
     fn new(t: &Target) -> Self {
         GuestReport {
             vmid: t.vmid,
-            guest_type: t.guest_type,
+            guest_type: Some(t.guest_type),
             name: t.name.clone(),
             result: GuestResult::Failed,
             snapshot: None,
@@ -109,9 +109,10 @@ impl GuestReport {
     }
 
     fn label(&self) -> String {
+        let noun = self.guest_type.map_or("guest", GuestType::noun);
         match &self.name {
-            Some(n) => format!("{} {} ({n})", self.guest_type.noun(), self.vmid),
-            None => format!("{} {}", self.guest_type.noun(), self.vmid),
+            Some(n) => format!("{noun} {} ({n})", self.vmid),
+            None => format!("{noun} {}", self.vmid),
         }
     }
 
@@ -473,6 +474,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             guest_type: GuestType::Qemu,
             name: None,
         });
+        r.guest_type = None;
         r.fail(format!(
             "guest {vmid} is in [snapshots] include but {} does not show it: grant VM.Audit (and VM.Snapshot) on /vms/{vmid} to the token, or remove it from include",
             cfg.api_token_id
@@ -515,7 +517,10 @@ fn outcome(
         if r.result.taken() {
             m.set(
                 "cloudnx_snapshot_last_success_timestamp_seconds",
-                &[("vmid", &vmid), ("type", r.guest_type.as_str())],
+                &[
+                    ("vmid", &vmid),
+                    ("type", r.guest_type.map_or("unknown", GuestType::as_str)),
+                ],
                 now,
             );
         }
