@@ -489,6 +489,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn retention_never_touches_foreign_keeps_the_newest_and_deletes_only_old(
+            ages in proptest::collection::vec((0i64..60, proptest::bool::ANY), 0..20),
+            days in 0u32..30,
+            keep_min in 0u32..4,
+        ) {
+            let now = 1_000 * 86_400;
+            let mark = description("h", "j", 7);
+            let snaps: Vec<SnapshotEntry> = ages.iter().enumerate().map(|(i, (age, mine))| {
+                let t = now - age * 86_400 - i as i64;
+                if *mine { snap(&format!("cnx-{:014}", t), &mark, t) } else { snap(&format!("other-{i}"), "", t) }
+            }).collect();
+            let p = retention(&snaps, "cnx", now, days, keep_min);
+            let ours: Vec<&SnapshotEntry> = snaps.iter().filter(|s| is_ours(s, "cnx")).collect();
+            proptest::prop_assert_eq!(p.keep.len() + p.delete.len(), ours.len());
+            proptest::prop_assert!(p.delete.iter().all(|d| d.starts_with("cnx-")));
+            let newest = ours.iter().map(|s| s.snaptime).max();
+            for d in &p.delete {
+                let s = snaps.iter().find(|s| &s.name == d).unwrap();
+                proptest::prop_assert!(s.snaptime.unwrap() < now - i64::from(days) * 86_400);
+                proptest::prop_assert!(Some(s.snaptime) != newest);
+            }
+            proptest::prop_assert!(p.keep.len() >= ours.len().min(keep_min.max(1) as usize));
+        }
+    }
+
     #[test]
     fn task_exit_statuses_are_classified() {
         let table = [
