@@ -23,6 +23,8 @@ pub mod jobs;
 pub mod logging;
 /// Metrics state and the textfile exposition.
 pub mod metrics;
+/// Typed Proxmox VE API client (token auth, verified TLS, UPIDs, tasks).
+pub mod pve;
 /// The one job runner.
 pub mod runner;
 /// Cron schedules in a time zone.

@@ -76,6 +76,16 @@ impl RawSnapshots {
             false,
         );
         check_file_exists(c, "ca_file", &self.ca_file);
+        if let Some(u) = &self.api_url {
+            let rest = u.get_ref().strip_prefix("https://").unwrap_or("");
+            if rest.is_empty() || rest.starts_with('/') {
+                c.err(
+                    u.span(),
+                    format!("api_url {:?} is not an https:// URL", u.get_ref()),
+                    "the Proxmox API is only spoken over verified TLS, e.g. api_url = \"https://127.0.0.1:8006/api2/json\"",
+                );
+            }
+        }
         if let Some(p) = &self.name_prefix {
             let ok = p.get_ref().len() <= 20
                 && p.get_ref().starts_with(|ch: char| ch.is_ascii_lowercase())

@@ -111,3 +111,6 @@ pub fn require(program: &str) -> PathBuf {
 }
 /// Audit-log helpers (scratch log, mixed records, verify).
 pub mod audit;
+
+/// The Proxmox VE API simulator.
+pub mod pve;
