@@ -80,6 +80,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
 
     publish_schedule(&runner).await?;
+    crate::control::start(runner.clone()).await?;
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(&runner)),
