@@ -60,6 +60,9 @@ fn good_client_gets_200_and_every_misfit_peer_is_refused_with_403s_audited() {
     let (code, status, _, err) = curl_as(&a, Some(&a.pki.operator_uri), &[], "/v1/status");
     assert_eq!((code, status.as_str()), (0, "200"), "{err}");
 
+    // Without a CRL configured, revocation is unknown: the revoked pair still works.
+    let (_, status, _, _) = curl_as(&a, Some(&a.pki.revoked), &[], "/healthz");
+    assert_eq!(status, "200");
     // Refused in the handshake: no certificate, another CA, expired.
     for (who, pair) in [
         ("no certificate", None),
@@ -335,4 +338,23 @@ fn ctl_speaks_the_api_with_a_client_certificate() {
             && r["detail"]["kind"] == "backup"),
         "{recs:#?}"
     );
+}
+
+#[test]
+fn a_revoked_client_is_refused_in_the_handshake_when_a_crl_is_configured() {
+    let s = Scratch::new();
+    let pki = Pki::new(&s.path("tls"), "test-host");
+    let port = free_port();
+    let extra = format!("crl_file = \"{}\"\n", pki.crl.display());
+    let config = s.config(&pki.config_section(port, None, &extra));
+    let d = Daemon::start(&config, port);
+    let a = Agent { s, pki, config, d };
+    let (code, status, _, err) = curl_as(&a, Some(&a.pki.revoked), &[], "/healthz");
+    assert!(
+        code != 0 && status != "200",
+        "revoked: curl exit {code}, status {status}, {err}"
+    );
+    let (code, status, _, err) = curl_as(&a, Some(&a.pki.operator), &[], "/healthz");
+    assert_eq!((code, status.as_str()), (0, "200"), "{err}");
+    assert!(a.d.logs().contains("Revoked"), "{}", a.d.logs());
 }

@@ -283,6 +283,45 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_appenders_lose_nothing_while_the_compactor_rewrites() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::new(d.path());
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let ob = ob.clone();
+                std::thread::spawn(move || {
+                    (0..150)
+                        .map(|_| {
+                            let e = ev("job.finished", Warning);
+                            ob.push(&e).unwrap();
+                            e.id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // Deliver (remove) whatever is there, over and over, while they append.
+        let mut delivered: HashSet<String> = HashSet::new();
+        while !writers.iter().all(std::thread::JoinHandle::is_finished) {
+            let now: HashSet<String> = ob.pending().unwrap().into_iter().map(|e| e.id).collect();
+            ob.compact(&now, 1_000_000).unwrap();
+            delivered.extend(now);
+        }
+        let pushed: Vec<String> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        let left: HashSet<String> = ob.pending().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(pushed.len(), 600);
+        for id in &pushed {
+            assert!(
+                delivered.contains(id) ^ left.contains(id),
+                "event {id} lost or duplicated"
+            );
+        }
+    }
+
+    #[test]
     fn torn_last_line_is_cut_by_compaction_and_appends_stay_readable() {
         let d = tempfile::tempdir().unwrap();
         let ob = Outbox::new(d.path());

@@ -41,6 +41,10 @@ pub struct Pki {
     pub foreign: Pair,
     /// The test control plane's server certificate (localhost, 127.0.0.1).
     pub control_plane: Pair,
+    /// Same CA, allowed SAN, listed in [`crl`](Self::crl).
+    pub revoked: Pair,
+    /// A CRL of the CA revoking [`revoked`](Self::revoked) (made by `openssl ca -gencrl`).
+    pub crl: PathBuf,
 }
 
 /// Run openssl, panicking with its output on failure.
@@ -159,6 +163,42 @@ fn rand_serial() -> u64 {
     (n ^ u64::from(std::process::id()).rotate_left(32)) & 0x7fff_ffff_ffff_ffff
 }
 
+/// Revoke `cert` with a minimal `openssl ca` database; returns the CRL path.
+fn revoke(dir: &Path, ca: &Path, ca_key: &Path, cert: &Path) -> PathBuf {
+    let db = dir.join("ca-db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("index.txt"), "").unwrap();
+    std::fs::write(db.join("crlnumber"), "1000\n").unwrap();
+    let cnf = db.join("ca.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\ncrlnumber = {db}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\ncertificate = {ca}\nprivate_key = {key}\n",
+            db = db.display(),
+            ca = ca.display(),
+            key = ca_key.display()
+        ),
+    )
+    .unwrap();
+    let crl = dir.join("crl.pem");
+    openssl(&[
+        "ca",
+        "-config",
+        cnf.to_str().unwrap(),
+        "-revoke",
+        cert.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "ca",
+        "-config",
+        cnf.to_str().unwrap(),
+        "-gencrl",
+        "-out",
+        crl.to_str().unwrap(),
+    ]);
+    crl
+}
+
 impl Pki {
     /// Create the PKI under `dir` for agent `host_id`.
     pub fn new(dir: &Path, host_id: &str) -> Pki {
@@ -229,8 +269,20 @@ impl Pki {
             &ca,
             &ca_key,
         );
+        let revoked = issue(
+            dir,
+            "revoked",
+            &format!("DNS:{OPERATOR}"),
+            "clientAuth",
+            30,
+            &ca,
+            &ca_key,
+        );
+        let crl = revoke(dir, &ca, &ca_key, &revoked.cert);
         Pki {
             dir: dir.to_owned(),
+            revoked,
+            crl,
             ca,
             ca_key,
             agent,
