@@ -194,6 +194,24 @@ async fn api_serves_status_jobs_audit_and_reload_and_audits_every_post() {
     );
     posts += 1;
 
+    // Size limits: a 20 KiB header and a 100 KiB body are refused.
+    let big = "x".repeat(20 * 1024);
+    let r = http
+        .get(url(&a, "/v1/status"))
+        .header("x-big", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let r = http
+        .post(url(&a, "/v1/jobs/backup"))
+        .body("{".repeat(100 * 1024))
+        .send()
+        .await
+        .unwrap();
+    posts += 1;
+    assert_eq!(r.status(), 413);
+
     // Reload: same path as SIGHUP; a bad file is refused, the old one stays.
     let reload = || http.post(url(&a, "/v1/config/reload")).send();
     let r = reload().await.unwrap();

@@ -18,6 +18,7 @@ const CLIENTS: usize = 200;
 const REQUESTS_EACH: usize = 10;
 const SLOW_TCP: usize = 20;
 const SLOW_TLS: usize = 20;
+const SLOW_IDLE: usize = 10;
 const HEADER_TIMEOUT_S: u64 = 3;
 
 /// Trickle `bytes` one at a time every 500 ms until the server closes; returns
@@ -114,6 +115,21 @@ async fn healthz_keeps_answering_under_200_clients_and_slowloris_connections() {
         }));
     }
 
+    // Slowloris 3: authenticated TLS connections that send nothing at all.
+    for _ in 0..SLOW_IDLE {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+            t0.elapsed()
+        }));
+    }
+
     // 200 concurrent clients, each its own connection, several requests.
     let mut load = vec![];
     for _ in 0..CLIENTS {
@@ -203,7 +219,7 @@ async fn healthz_keeps_answering_under_200_clients_and_slowloris_connections() {
     eprintln!(
         "load: {CLIENTS} clients x {REQUESTS_EACH} GET /v1/status in {load_time:?}: {ok} x 200, {limited} x 429 (rate limit); \
          {probes} probes (/healthz, /v1/status as another identity), worst {worst:?}; {} slowloris cut; {beats} heartbeats in {secs} s",
-        SLOW_TCP + SLOW_TLS
+        SLOW_TCP + SLOW_TLS + SLOW_IDLE
     );
     d.stop();
 }
