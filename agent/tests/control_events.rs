@@ -200,3 +200,35 @@ fn a_full_outbox_drops_the_oldest_heartbeats_then_info_but_never_a_page() {
     d.stop();
     assert!(cp.violations().is_empty(), "{:?}", cp.violations());
 }
+
+#[test]
+fn events_are_never_sent_to_a_control_plane_outside_the_ca() {
+    let s = Scratch::new();
+    let pki = Pki::new(&s.path("tls"), "test-host");
+    let impostor =
+        ControlPlane::with_server_cert(&pki, &pki.foreign_server, "test-host", free_port());
+    impostor.up();
+    let port = free_port();
+    let config = s.config(&pki.config_section(
+        port,
+        Some(&impostor.url()),
+        "heartbeat_seconds = 1\nretry_max_seconds = 1\n",
+    ));
+    let mut d = Daemon::start(&config, port);
+    let outbox = Outbox::new(&s.path("state"));
+    let page = push(&outbox, "job.finished", Severity::Page, 1);
+    wait_for(20, "a refused delivery attempt logged", || {
+        (d.logs().matches("event delivery failed").count() >= 2).then_some(())
+    });
+    assert!(impostor.batches().is_empty(), "{:?}", impostor.batches());
+    assert!(
+        outbox.pending().unwrap().contains(&page),
+        "the event stays in the outbox"
+    );
+    assert!(
+        d.logs().contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        d.logs()
+    );
+    d.stop();
+}

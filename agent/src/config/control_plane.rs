@@ -157,3 +157,36 @@ impl RawControlPlane {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn too_small_limits_are_reported_at_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        let f = |n: &str| d.path().join(n);
+        std::fs::write(f("ca.pem"), "").unwrap();
+        std::fs::write(f("agent.pem"), "").unwrap();
+        std::fs::write(f("agent.key"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f("agent.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = f("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = \"{d}\"\n[control_plane]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/agent.pem\"\nkey_file = \"{d}/agent.key\"\nallowed_clients = [\"cp\"]\nheartbeat_seconds = 0\nrequests_per_second = 0\nretry_max_seconds = 30\n",
+                d = d.path().display()
+            ),
+        )
+        .unwrap();
+        let p = crate::config::load(&cfg).unwrap_err().to_string();
+        assert!(
+            p.contains("agent.toml:7:21: `heartbeat_seconds` = 0 is too small"),
+            "{p}"
+        );
+        assert!(
+            p.contains("agent.toml:8:23: `requests_per_second` = 0 is too small"),
+            "{p}"
+        );
+        assert!(!p.contains("retry_max_seconds"), "{p}");
+    }
+}

@@ -170,7 +170,8 @@ pub async fn run(config: Option<PathBuf>, a: CtlArgs) -> u8 {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cloudnx-agent ctl: request to {base} failed: {e} (is the daemon running, and is this client certificate accepted?)");
+            let cause = anyhow::Error::new(e);
+            eprintln!("cloudnx-agent ctl: request to {base} failed: {cause:#} (is the daemon running, and is this client certificate accepted?)");
             return EXIT_USAGE;
         }
     };

@@ -57,7 +57,7 @@ async fn send(client: &reqwest::Client, url: &str, batch: &[Event]) -> anyhow::R
         .json(&serde_json::json!({ "events": batch }))
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("POST {url}: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("POST {url}")))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());

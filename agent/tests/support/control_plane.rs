@@ -70,6 +70,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// A control plane for agent `host_id` (not listening until [`up`](Self::up)).
     pub fn new(pki: &Pki, host_id: &str, port: u16) -> ControlPlane {
+        Self::with_server_cert(pki, &pki.control_plane, host_id, port)
+    }
+
+    /// The same, presenting `server` as its certificate (e.g. an impostor's).
+    pub fn with_server_cert(pki: &Pki, server: &Pair, host_id: &str, port: u16) -> ControlPlane {
         let mut roots = rustls::RootCertStore::empty();
         for c in certs(&pki.ca) {
             roots.add(c).unwrap();
@@ -85,8 +90,8 @@ impl ControlPlane {
             .unwrap()
             .with_client_cert_verifier(verifier)
             .with_single_cert(
-                certs(&pki.control_plane.cert),
-                PrivateKeyDer::from_pem_file(&pki.control_plane.key).unwrap(),
+                certs(&server.cert),
+                PrivateKeyDer::from_pem_file(&server.key).unwrap(),
             )
             .unwrap();
         ControlPlane {

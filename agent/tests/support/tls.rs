@@ -41,6 +41,8 @@ pub struct Pki {
     pub foreign: Pair,
     /// The test control plane's server certificate (localhost, 127.0.0.1).
     pub control_plane: Pair,
+    /// A server certificate for 127.0.0.1 from the other CA (an impostor control plane).
+    pub foreign_server: Pair,
     /// Same CA, allowed SAN, listed in [`crl`](Self::crl).
     pub revoked: Pair,
     /// A CRL of the CA revoking [`revoked`](Self::revoked) (made by `openssl ca -gencrl`).
@@ -279,8 +281,18 @@ impl Pki {
             &ca_key,
         );
         let crl = revoke(dir, &ca, &ca_key, &revoked.cert);
+        let foreign_server = issue(
+            dir,
+            "foreign-server",
+            "DNS:localhost,IP:127.0.0.1",
+            "serverAuth",
+            30,
+            &other_ca,
+            &other_key,
+        );
         Pki {
             dir: dir.to_owned(),
+            foreign_server,
             revoked,
             crl,
             ca,
