@@ -114,7 +114,7 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
                     }
                     Err(e) => {
                         tracing::error!("event outbox: {e}");
-                        continue;
+                        tokio::select! { () = token.cancelled() => return, () = tokio::time::sleep(POLL) => continue }
                     }
                 }
             }
@@ -175,24 +175,29 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
             // Compact right away, then look for more.
             continue;
         }
-        let wait = if failed {
+        let stopped = if failed {
+            // Only time ends a backoff: heartbeats and reloads must not turn a
+            // long outage into a retry storm.
             let max = Duration::from_secs(cp.retry_max_seconds);
-            let d = backoff_delay(attempt, Duration::from_secs(1), max, rand::random::<f64>());
+            let wait = backoff_delay(attempt, Duration::from_secs(1), max, rand::random::<f64>());
             attempt = attempt.saturating_add(1);
-            d
-        } else {
-            POLL
-        };
-        tokio::select! {
-            () = token.cancelled() => {
-                // Remove what was delivered before stopping, so a restart does
-                // not repeat it.
-                let acked = std::mem::take(&mut delivered);
-                let _ = tokio::task::spawn_blocking(move || outbox.compact(&acked, max)).await;
-                return;
+            tokio::select! {
+                () = token.cancelled() => true,
+                () = tokio::time::sleep(wait) => false,
             }
-            () = tokio::time::sleep(wait) => {}
-            () = shared.wake.notified() => {}
+        } else {
+            tokio::select! {
+                () = token.cancelled() => true,
+                () = tokio::time::sleep(POLL) => false,
+                () = shared.wake.notified() => false,
+            }
+        };
+        if stopped {
+            // Remove what was delivered before stopping, so a restart does
+            // not repeat it.
+            let acked = std::mem::take(&mut delivered);
+            let _ = tokio::task::spawn_blocking(move || outbox.compact(&acked, max)).await;
+            return;
         }
     }
 }
