@@ -417,16 +417,6 @@ impl Daemon {
         }
     }
 
-    /// Send SIGHUP (reload).
-    pub fn hup(&self) {
-        let c = self.child.as_ref().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap();
-    }
-
     /// SIGKILL: a crash, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
