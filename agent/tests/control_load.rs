@@ -199,7 +199,7 @@ async fn healthz_keeps_answering_under_200_clients_and_slowloris_connections() {
         );
     }
     assert!(
-        worst < Duration::from_secs(2),
+        worst < Duration::from_secs(3),
         "worst probe latency under load {worst:?}"
     );
     assert!(
