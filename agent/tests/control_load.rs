@@ -223,3 +223,55 @@ async fn healthz_keeps_answering_under_200_clients_and_slowloris_connections() {
     );
     d.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_closed_until_slots_free_up() {
+    let s = Scratch::new();
+    let pki = Pki::new(&s.path("tls"), "test-host");
+    let port = free_port();
+    let config = s.config(&pki.config_section(
+        port,
+        None,
+        "max_connections = 4\nheader_timeout_seconds = 2\n",
+    ));
+    let mut d = Daemon::start(&config, port);
+    // Four silent TCP connections take every slot.
+    let mut hogs = vec![];
+    for _ in 0..4 {
+        hogs.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The fifth is accepted by the kernel and closed at once by the daemon.
+    let mut fifth = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(1), fifth.read(&mut buf))
+        .await
+        .expect("an over-limit connection must be closed at once, not left waiting");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // Once the silent ones are cut at the handshake deadline, clients get in.
+    let http = client(&pki, &pki.operator);
+    let t0 = Instant::now();
+    let status = loop {
+        match http
+            .get(format!("https://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            Ok(r) => break r.status(),
+            Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no slot freed up in 10 s: {e}"),
+        }
+    };
+    assert_eq!(status, 200);
+    assert!(d.logs().contains("max_connections reached"), "{}", d.logs());
+    drop(hogs);
+    d.stop();
+}
