@@ -4,28 +4,20 @@
 mod support;
 
 use serde_json::Value;
-use support::control_plane::{audit_records, client, curl, curl_identity, s_client, Daemon};
+use support::control_plane::{
+    audit_records, client, curl, curl_identity, s_client, AgentHost, Daemon,
+};
 use support::tls::{Pki, OPERATOR};
 use support::{free_port, Scratch};
 
-struct Agent {
-    s: Scratch,
-    pki: Pki,
-    config: std::path::PathBuf,
-    d: Daemon,
-}
+type Agent = AgentHost;
 
 fn agent(extra: &str) -> Agent {
-    let s = Scratch::new();
-    let pki = Pki::new(&s.path("tls"), "test-host");
-    let port = free_port();
-    let config = s.config(&pki.config_section(port, None, extra));
-    let d = Daemon::start(&config, port);
-    Agent { s, pki, config, d }
+    AgentHost::start(extra)
 }
 
 fn url(a: &Agent, path: &str) -> String {
-    format!("https://127.0.0.1:{}{path}", a.d.port)
+    a.url(path)
 }
 
 /// curl with an identity; returns (exit code, HTTP status, body, stderr).

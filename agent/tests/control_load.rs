@@ -9,9 +9,7 @@ mod support;
 use cloudnx_agent::control::outbox::Outbox;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::control_plane::{client, Daemon};
-use support::tls::Pki;
-use support::{free_port, Scratch};
+use support::control_plane::{client, AgentHost};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENTS: usize = 200;
@@ -48,15 +46,10 @@ async fn trickle<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_keeps_answering_under_200_clients_and_slowloris_connections() {
-    let s = Scratch::new();
-    let pki = Pki::new(&s.path("tls"), "test-host");
-    let port = free_port();
-    let config = s.config(&pki.config_section(
-        port,
-        None,
-        &format!("heartbeat_seconds = 1\nheader_timeout_seconds = {HEADER_TIMEOUT_S}\nrequests_per_second = 200\n"),
+    let AgentHost { s, pki, mut d, .. } = AgentHost::start(&format!(
+        "heartbeat_seconds = 1\nheader_timeout_seconds = {HEADER_TIMEOUT_S}\nrequests_per_second = 200\n"
     ));
-    let mut d = Daemon::start(&config, port);
+    let port = d.port;
     let outbox = Outbox::new(&s.path("state"));
     let heartbeats = || {
         outbox
@@ -226,15 +219,13 @@ async fn healthz_keeps_answering_under_200_clients_and_slowloris_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_closed_until_slots_free_up() {
-    let s = Scratch::new();
-    let pki = Pki::new(&s.path("tls"), "test-host");
-    let port = free_port();
-    let config = s.config(&pki.config_section(
-        port,
-        None,
-        "max_connections = 4\nheader_timeout_seconds = 2\n",
-    ));
-    let mut d = Daemon::start(&config, port);
+    let AgentHost {
+        s: _scratch,
+        pki,
+        mut d,
+        ..
+    } = AgentHost::start("max_connections = 4\nheader_timeout_seconds = 2\n");
+    let port = d.port;
     // Four silent TCP connections take every slot.
     let mut hogs = vec![];
     for _ in 0..4 {

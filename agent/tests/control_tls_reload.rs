@@ -5,9 +5,8 @@
 mod support;
 
 use serde_json::Value;
-use support::control_plane::{audit_records, client, metric, s_client, wait_for, Daemon};
+use support::control_plane::{audit_records, client, metric, s_client, wait_for, AgentHost};
 use support::tls::{serial_of_pem, Pki};
-use support::{free_port, Scratch};
 
 /// The serial of the certificate the agent presents to a new connection.
 fn served_serial(pki: &Pki, port: u16) -> String {
@@ -33,11 +32,8 @@ fn install(src: &std::path::Path, dst: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_certificate_reaches_new_connections_and_a_broken_one_keeps_the_old() {
-    let s = Scratch::new();
-    let pki = Pki::new(&s.path("tls"), "test-host");
-    let port = free_port();
-    let config = s.config(&pki.config_section(port, None, ""));
-    let mut d = Daemon::start(&config, port);
+    let AgentHost { s, pki, mut d, .. } = AgentHost::start("");
+    let port = d.port;
     let url = format!("https://127.0.0.1:{port}/v1/status");
     let old = pem_serial(&pki.agent.cert);
     assert_eq!(served_serial(&pki, port), old);

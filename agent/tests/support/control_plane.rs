@@ -537,3 +537,32 @@ pub fn metric(s: &super::Scratch, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A scratch host with a PKI and the daemon serving the API (no report_url).
+pub struct AgentHost {
+    /// Scratch dir (state/, metrics/, tls/).
+    pub s: super::Scratch,
+    /// Its certificates.
+    pub pki: Pki,
+    /// `agent.toml`.
+    pub config: PathBuf,
+    /// The running daemon.
+    pub d: Daemon,
+}
+
+impl AgentHost {
+    /// Start one with `extra` keys in `[control_plane]`.
+    pub fn start(extra: &str) -> AgentHost {
+        let s = super::Scratch::new();
+        let pki = Pki::new(&s.path("tls"), "test-host");
+        let port = super::free_port();
+        let config = s.config(&pki.config_section(port, None, extra));
+        let d = Daemon::start(&config, port);
+        AgentHost { s, pki, config, d }
+    }
+
+    /// `https://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.d.port)
+    }
+}
