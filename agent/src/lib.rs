@@ -13,7 +13,7 @@ pub mod audit;
 pub mod cli;
 /// Typed, validated configuration (file:line:col errors).
 pub mod config;
-/// Control-plane side: event outbox, mTLS API.
+/// Control-plane side: mTLS API, event outbox and pusher, TLS reload, `ctl`.
 pub mod control;
 /// Daemon lifecycle: sd_notify, signals, scheduler, reload.
 pub mod daemon;

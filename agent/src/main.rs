@@ -44,6 +44,8 @@ enum Verb {
     Snapshot,
     /// Check every LUKS volume against the policy now.
     LuksCheck,
+    /// Talk to an agent's control-plane API with a client certificate.
+    Ctl(cloudnx_agent::control::ctl::CtlArgs),
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
             Verb::LuksCheck => {
                 cli::run_job(config, JobKind::LuksCheck, JobParams::default(), json).await
             }
+            Verb::Ctl(args) => cloudnx_agent::control::ctl::run(config, args).await,
             Verb::Audit {
                 verb: AuditVerb::Verify,
             } => cloudnx_agent::audit::cli_verify(config),

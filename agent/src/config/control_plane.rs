@@ -19,6 +19,9 @@ pub struct RawControlPlane {
     max_connections: Opt<u32>,
     heartbeat_seconds: Opt<u64>,
     outbox_max_events: Opt<u64>,
+    requests_per_second: Opt<u32>,
+    header_timeout_seconds: Opt<u64>,
+    retry_max_seconds: Opt<u64>,
 }
 
 /// Validated `[control_plane]`.
@@ -44,6 +47,12 @@ pub struct ControlPlaneConfig {
     pub heartbeat_seconds: u64,
     /// Outbox bound; the oldest heartbeats go first, never a page.
     pub outbox_max_events: u64,
+    /// Sustained API requests per second per client identity (burst: twice that).
+    pub requests_per_second: u32,
+    /// Longest a client may take to send its TLS handshake, request headers or body.
+    pub header_timeout_seconds: u64,
+    /// Ceiling of the exponential backoff between event delivery attempts.
+    pub retry_max_seconds: u64,
 }
 
 impl RawControlPlane {
@@ -71,12 +80,53 @@ impl RawControlPlane {
                 );
             }
         }
+        if let Some(a) = &self.allowed_clients {
+            if a.get_ref().iter().any(|n| n.trim().is_empty()) {
+                c.err(
+                    a.span(),
+                    "allowed_clients holds an empty name",
+                    "list the DNS or URI SANs of the accepted client certificates",
+                );
+            }
+        }
+        let num = |v: &Opt<u64>| v.as_ref().map(|s| (s.span(), *s.get_ref()));
+        let num32 = |v: &Opt<u32>| v.as_ref().map(|s| (s.span(), u64::from(*s.get_ref())));
+        Self::check_min(c, "max_connections", num32(&self.max_connections), 4);
+        Self::check_min(c, "heartbeat_seconds", num(&self.heartbeat_seconds), 1);
+        // A bound below this could not hold the pages of one bad day.
+        Self::check_min(c, "outbox_max_events", num(&self.outbox_max_events), 10);
+        Self::check_min(
+            c,
+            "requests_per_second",
+            num32(&self.requests_per_second),
+            1,
+        );
+        Self::check_min(
+            c,
+            "header_timeout_seconds",
+            num(&self.header_timeout_seconds),
+            1,
+        );
+        Self::check_min(c, "retry_max_seconds", num(&self.retry_max_seconds), 1);
+    }
+
+    fn check_min(c: &mut Check, key: &str, v: Option<(std::ops::Range<usize>, u64)>, min: u64) {
+        if let Some((span, n)) = v {
+            if n < min {
+                c.err(
+                    span,
+                    format!("`{key}` = {n} is too small"),
+                    format!("use at least {min}"),
+                );
+            }
+        }
     }
 
     /// Merge a later fragment over this one.
     pub fn merge(&mut self, o: RawControlPlane) {
         merge_fields!(self, o; listen, report_url, ca_file, crl_file, cert_file, key_file, allowed_clients,
-            max_connections, heartbeat_seconds, outbox_max_events);
+            max_connections, heartbeat_seconds, outbox_max_events, requests_per_second,
+            header_timeout_seconds, retry_max_seconds);
     }
 
     /// Build the validated section.
@@ -101,6 +151,42 @@ impl RawControlPlane {
             max_connections: or(self.max_connections, 256),
             heartbeat_seconds: or(self.heartbeat_seconds, 60),
             outbox_max_events: or(self.outbox_max_events, 100_000),
+            requests_per_second: or(self.requests_per_second, 20),
+            header_timeout_seconds: or(self.header_timeout_seconds, 10),
+            retry_max_seconds: or(self.retry_max_seconds, 300),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn too_small_limits_are_reported_at_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        let f = |n: &str| d.path().join(n);
+        std::fs::write(f("ca.pem"), "").unwrap();
+        std::fs::write(f("agent.pem"), "").unwrap();
+        std::fs::write(f("agent.key"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f("agent.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = f("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = \"{d}\"\n[control_plane]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/agent.pem\"\nkey_file = \"{d}/agent.key\"\nallowed_clients = [\"cp\"]\nheartbeat_seconds = 0\nrequests_per_second = 0\nretry_max_seconds = 30\n",
+                d = d.path().display()
+            ),
+        )
+        .unwrap();
+        let p = crate::config::load(&cfg).unwrap_err().to_string();
+        assert!(
+            p.contains("agent.toml:7:21: `heartbeat_seconds` = 0 is too small"),
+            "{p}"
+        );
+        assert!(
+            p.contains("agent.toml:8:23: `requests_per_second` = 0 is too small"),
+            "{p}"
+        );
+        assert!(!p.contains("retry_max_seconds"), "{p}");
     }
 }

@@ -2,6 +2,9 @@
 //! starters for the real components (one file per component).
 #![allow(dead_code)]
 
+pub mod control_plane;
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
