@@ -219,7 +219,7 @@ pub struct UnencryptedMount {
 }
 
 /// sysfs block devices and mounts, read once.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     nodes: BTreeMap<DevNo, Node>,
     /// Every mount, in mountinfo order.

@@ -222,4 +222,20 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 0..5000)) {
+            let _ = parse_binary_header(&b);
+            let _ = parse_token_bytes(&b);
+            let _ = super::super::live::parse_mountinfo(&String::from_utf8_lossy(&b));
+        }
+
+        #[test]
+        fn luks_magic_with_any_tail_never_panics(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let mut b = MAGIC.to_vec();
+            b.extend(tail);
+            let _ = parse_binary_header(&b);
+        }
+    }
 }
