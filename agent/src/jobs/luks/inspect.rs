@@ -138,7 +138,7 @@ pub struct Token {
 }
 
 /// Everything the policy looks at in a LUKS header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Inspection {
     /// 1 or 2.
     pub luks_version: u8,

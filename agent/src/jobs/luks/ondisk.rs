@@ -194,9 +194,12 @@ mod tests {
         );
     }
 
+    /// (input, Ok((type, keyslots)) or Err(()) for "refused").
+    type TokenCase = (&'static str, Result<(&'static str, Vec<u32>), ()>);
+
     #[test]
     fn token_json_keyslots_parse_leniently() {
-        let table: &[(&str, Result<(&str, Vec<u32>), ()>)] = &[
+        let table: &[TokenCase] = &[
             (
                 r#"{"type":"clevis","keyslots":["1"]}"#,
                 Ok(("clevis", vec![1])),

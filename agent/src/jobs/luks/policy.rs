@@ -319,9 +319,12 @@ mod tests {
         }
     }
 
+    /// (case name, how it differs from a compliant header, expected failed checks).
+    type HeaderCase = (&'static str, Box<dyn Fn(&mut Inspection)>, Vec<Check>);
+
     #[test]
     fn header_checks_table() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Inspection)>, Vec<Check>)> = vec![
+        let cases: Vec<HeaderCase> = vec![
             ("compliant", Box::new(|_| {}), vec![]),
             (
                 "luks1 with pbkdf2",

@@ -16,6 +16,9 @@ pub fn skip_reason(
     if vol.keyfile.is_none() {
         return Some("no keyfile configured".into());
     }
+    if !vol.require_open {
+        return Some("require_open = false: the volume may be closed on purpose".into());
+    }
     if !matches!(header, HeaderState::Luks(_)) {
         return Some("no LUKS header".into());
     }
@@ -86,5 +89,51 @@ pub async fn attempt(
     match inspect::open(vol.device.clone(), vol.name.clone(), keyfile).await {
         Ok(()) => Attempt::Opened,
         Err(e) => Attempt::Failed(format!("re-opening volume {:?}: {e:#}", vol.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_closed_keyed_luks_volume_that_should_be_open_is_opened() {
+        let h = HeaderState::Luks(Box::default());
+        let vol = |keyfile: bool, require_open: bool| LuksVolume {
+            name: "vmdata".into(),
+            device: "/dev/x".into(),
+            mountpoint: None,
+            keyfile: keyfile.then(|| "/k".into()),
+            require_open,
+        };
+        let closed = Mapping::Closed;
+        let open = Mapping::Open {
+            devno: "254:0".into(),
+        };
+        let foreign = Mapping::Foreign {
+            dm_uuid: "LVM-x".into(),
+        };
+        let cases = [
+            (vol(true, true), &h, Some(&closed), true),
+            (vol(false, true), &h, Some(&closed), false),
+            (vol(true, false), &h, Some(&closed), false),
+            (vol(true, true), &h, Some(&open), false),
+            (vol(true, true), &h, Some(&foreign), false),
+            (vol(true, true), &h, None, false),
+            (
+                vol(true, true),
+                &HeaderState::NotLuks("ext4".into()),
+                Some(&closed),
+                false,
+            ),
+        ];
+        for (i, (v, h, m, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                skip_reason(&v, h, m).is_none(),
+                want,
+                "case {i}: {:?}",
+                skip_reason(&v, h, m)
+            );
+        }
     }
 }
