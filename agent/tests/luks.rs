@@ -536,3 +536,40 @@ fn bad_volume_name_is_a_configuration_error_with_its_position() {
         "{t}"
     );
 }
+
+#[test]
+fn inspections_from_many_tasks_and_threads_share_the_one_libcryptsetup_thread() {
+    use cloudnx_agent::jobs::luks::inspect::{inspect, HeaderState};
+    let s = Scratch::new();
+    let k0 = s.secret("keys/k0", "first passphrase");
+    std::fs::create_dir_all(s.path("disks")).unwrap();
+    let img = image(&s.path("disks"), "vol.img");
+    format(&img, &k0, &luks2(&[]));
+    let uuid = cryptsetup(&["luksUUID", img.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    // Two runtimes in turn (as the daemon's scheduled runs are), each with
+    // concurrent tasks on several threads: libcryptsetup-rs would panic if a
+    // handle were used from a second thread.
+    for _ in 0..2 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = rt.block_on(async {
+            let tasks: Vec<_> = (0..8).map(|_| tokio::spawn(inspect(img.clone()))).collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap().unwrap());
+            }
+            out
+        });
+        for r in results {
+            match r {
+                HeaderState::Luks(h) => assert_eq!(h.uuid, uuid),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
