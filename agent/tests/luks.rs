@@ -307,6 +307,15 @@ fn compliant_volumes_only_succeed_with_exit_zero() {
     );
 }
 
+/// One LUKS image `disks/{file}` formatted with `opts`, and its key file `keys/{key}`.
+fn one_image(s: &Scratch, file: &str, key: (&str, &str), opts: &[&str]) -> (PathBuf, PathBuf) {
+    let k = s.secret(&format!("keys/{}", key.0), key.1);
+    std::fs::create_dir_all(s.path("disks")).unwrap();
+    let img = image(&s.path("disks"), file);
+    format(&img, &k, opts);
+    (img, k)
+}
+
 fn backups(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -329,11 +338,13 @@ fn outbox_drift(s: &Scratch) -> Vec<serde_json::Value> {
 #[test]
 fn header_change_writes_a_new_0400_backup_that_cryptsetup_accepts_and_reports_drift() {
     let s = Scratch::new();
-    let k0 = s.secret("keys/k0", "first passphrase");
+    let (img, k0) = one_image(
+        &s,
+        "vol.img",
+        ("k0", "first passphrase"),
+        &[&["--type", "luks2"][..], FAST_ARGON].concat(),
+    );
     let k1 = s.secret("keys/k1", "second passphrase");
-    std::fs::create_dir_all(s.path("disks")).unwrap();
-    let img = image(&s.path("disks"), "vol.img");
-    format(&img, &k0, &[&["--type", "luks2"][..], FAST_ARGON].concat());
     let body = volume("vol", &img, "require_open = false");
     let dir = s.path("state/luks-headers");
 
@@ -423,24 +434,11 @@ fn header_change_writes_a_new_0400_backup_that_cryptsetup_accepts_and_reports_dr
 #[test]
 fn newly_non_compliant_volume_emits_one_drift_event_not_one_per_run() {
     let s = Scratch::new();
-    let k0 = s.secret("keys/k0", "first passphrase");
-    std::fs::create_dir_all(s.path("disks")).unwrap();
-    let img = image(&s.path("disks"), "cbc.img");
-    format(
-        &img,
-        &k0,
-        &[
-            &[
-                "--type",
-                "luks2",
-                "--cipher",
-                "aes-cbc-essiv:sha256",
-                "--key-size",
-                "256",
-            ][..],
-            FAST_ARGON,
-        ]
-        .concat(),
+    let (img, _) = one_image(
+        &s,
+        "cbc.img",
+        ("k0", "first passphrase"),
+        &luks2(&["--cipher", "aes-cbc-essiv:sha256", "--key-size", "256"]),
     );
     let body = volume("cbc", &img, "require_open = false");
     for _ in 0..2 {
@@ -458,10 +456,12 @@ fn newly_non_compliant_volume_emits_one_drift_event_not_one_per_run() {
 #[test]
 fn closed_keyed_volume_is_not_opened_without_device_mapper_and_says_so() {
     let s = Scratch::new();
-    let k0 = s.secret("keys/vmdata.key", "vmdata key");
-    std::fs::create_dir_all(s.path("disks")).unwrap();
-    let img = image(&s.path("disks"), "vmdata.img");
-    format(&img, &k0, &[&["--type", "luks2"][..], FAST_ARGON].concat());
+    let (img, k0) = one_image(
+        &s,
+        "vmdata.img",
+        ("vmdata.key", "vmdata key"),
+        &[&["--type", "luks2"][..], FAST_ARGON].concat(),
+    );
     let body = volume("vmdata", &img, &format!("keyfile = \"{}\"", k0.display()));
     let (code, rec, stderr) = check(&s, &body);
     assert_eq!(code, 1, "{stderr}");
@@ -541,10 +541,7 @@ fn bad_volume_name_is_a_configuration_error_with_its_position() {
 fn inspections_from_many_tasks_and_threads_share_the_one_libcryptsetup_thread() {
     use cloudnx_agent::jobs::luks::inspect::{inspect, HeaderState};
     let s = Scratch::new();
-    let k0 = s.secret("keys/k0", "first passphrase");
-    std::fs::create_dir_all(s.path("disks")).unwrap();
-    let img = image(&s.path("disks"), "vol.img");
-    format(&img, &k0, &luks2(&[]));
+    let (img, _) = one_image(&s, "vol.img", ("k0", "first passphrase"), &luks2(&[]));
     let uuid = cryptsetup(&["luksUUID", img.to_str().unwrap()])
         .trim()
         .to_owned();
