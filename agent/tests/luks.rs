@@ -198,6 +198,11 @@ fn make_matrix(s: &Scratch) -> Volumes {
     };
     add("plain", &dev, "", &["not_luks"]);
 
+    // Something that is there but is no disk.
+    let not_a_disk = d.join("not-a-disk");
+    std::fs::create_dir_all(&not_a_disk).unwrap();
+    add("notadisk", &not_a_disk, "", &["unreadable"]);
+
     add(
         "missing",
         &d.join("no-such-disk.img"),
