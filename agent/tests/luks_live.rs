@@ -25,8 +25,13 @@ fn paths(p: &[&str]) -> Vec<PathBuf> {
     p.iter().map(PathBuf::from).collect()
 }
 
-/// Checks a compliant header + this live state fails, by name.
+/// Checks a compliant header + this live state fails, by name (the configured
+/// device is sda2, 8:2, as in every fixture).
 fn live_checks(s: &Snapshot, mountpoint: &str) -> Vec<&'static str> {
+    live_checks_on(s, mountpoint, (8, 2))
+}
+
+fn live_checks_on(s: &Snapshot, mountpoint: &str, backing: (u32, u32)) -> Vec<&'static str> {
     let policy = LuksPolicy {
         luks_version: 2,
         cipher: "aes-xts-plain64".into(),
@@ -63,7 +68,7 @@ fn live_checks(s: &Snapshot, mountpoint: &str) -> Vec<&'static str> {
         }],
         tokens: vec![],
     };
-    let live = s.volume("vmdata", UUID, Some(Path::new(mountpoint)));
+    let live = s.volume("vmdata", UUID, Some(Path::new(mountpoint)), Some(backing));
     evaluate(&policy, &vol, &HeaderState::Luks(Box::new(h)), Some(&live))
         .iter()
         .map(|f| f.check.as_str())
@@ -74,13 +79,13 @@ fn live_checks(s: &Snapshot, mountpoint: &str) -> Vec<&'static str> {
 fn luks_direct_mount_is_on_the_volumes_own_mapping() {
     let s = fixture("luks-direct");
     assert_eq!(
-        s.mapping("vmdata", UUID),
+        s.mapping("vmdata", UUID, Some((8, 2))),
         Mapping::Open {
             devno: "254:0".into()
         }
     );
     assert_eq!(
-        s.mount_state(Path::new("/var/lib/vz"), "vmdata", UUID),
+        s.mount_state(Path::new("/var/lib/vz"), Some((254, 0))),
         MountState::OnMapping {
             source: "/dev/mapper/vmdata".into()
         }
@@ -89,13 +94,41 @@ fn luks_direct_mount_is_on_the_volumes_own_mapping() {
     // Another LUKS volume's uuid with the same mapping name is not this volume.
     let other = "ffffffff-ffff-ffff-ffff-ffffffffffff";
     assert!(matches!(
-        s.mapping("vmdata", other),
+        s.mapping("vmdata", other, None),
         Mapping::Foreign { .. }
     ));
     assert!(matches!(
-        s.mount_state(Path::new("/var/lib/vz"), "vmdata", other),
-        MountState::Elsewhere { .. }
+        s.volume("vmdata", other, Some(Path::new("/var/lib/vz")), None)
+            .mount,
+        Some(MountState::Elsewhere { .. })
     ));
+}
+
+#[test]
+fn mapping_of_a_cloned_header_on_another_disk_is_not_the_volumes() {
+    let s = fixture("luks-direct");
+    // Same uuid and name, but the configured device is sda3, not sda2.
+    assert_eq!(
+        s.mapping("vmdata", UUID, Some((8, 3))),
+        Mapping::OtherDevice {
+            devno: "254:0".into(),
+            expected: "8:3".into()
+        }
+    );
+    assert_eq!(
+        live_checks_on(&s, "/var/lib/vz", (8, 3)),
+        vec!["not_open", "mount_not_on_mapping"]
+    );
+    // Through LVM the backing disk is found below the crypt mapping as well.
+    let lvm = fixture("lvm-on-luks");
+    assert!(matches!(
+        lvm.mapping("vmdata", UUID, Some((8, 2))),
+        Mapping::Open { .. }
+    ));
+    assert_eq!(
+        live_checks_on(&lvm, "/var/lib/vz", (8, 2)),
+        Vec::<&str>::new()
+    );
 }
 
 #[test]
@@ -119,13 +152,13 @@ fn luks_direct_unencrypted_disk_under_a_data_path_is_a_violation_but_tmpfs_is_no
 fn lvm_on_luks_mount_reaches_the_crypt_mapping_through_slaves() {
     let s = fixture("lvm-on-luks");
     assert_eq!(
-        s.mapping("vmdata", UUID),
+        s.mapping("vmdata", UUID, Some((8, 2))),
         Mapping::Open {
             devno: "254:0".into()
         }
     );
     assert_eq!(
-        s.mount_state(Path::new("/var/lib/vz"), "vmdata", UUID),
+        s.mount_state(Path::new("/var/lib/vz"), Some((254, 0))),
         MountState::OnMapping {
             source: "/dev/mapper/pve-data".into()
         }
@@ -143,7 +176,7 @@ fn lvm_on_luks_mount_reaches_the_crypt_mapping_through_slaves() {
     );
     // The LV is not itself a crypt mapping: as a "volume" named pve-data it is foreign.
     assert!(matches!(
-        s.mapping("pve-data", UUID),
+        s.mapping("pve-data", UUID, None),
         Mapping::Foreign { .. }
     ));
 }
@@ -151,7 +184,7 @@ fn lvm_on_luks_mount_reaches_the_crypt_mapping_through_slaves() {
 #[test]
 fn look_alike_lv_named_like_the_volume_is_not_its_mapping() {
     let s = fixture("look-alike");
-    match s.mapping("vmdata", UUID) {
+    match s.mapping("vmdata", UUID, Some((8, 2))) {
         Mapping::Foreign { dm_uuid } => assert!(dm_uuid.starts_with("LVM-"), "{dm_uuid}"),
         m => panic!("an LV named vmdata must not count as the open volume: {m:?}"),
     }

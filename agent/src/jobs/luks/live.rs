@@ -174,6 +174,14 @@ pub enum Mapping {
         /// That device's dm uuid.
         dm_uuid: String,
     },
+    /// This volume's uuid and name, but on another disk than the configured
+    /// device (a cloned header).
+    OtherDevice {
+        /// `M:m` of that mapping.
+        devno: String,
+        /// `M:m` of the configured device.
+        expected: String,
+    },
 }
 
 /// What is mounted at a volume's mountpoint.
@@ -270,8 +278,8 @@ impl Snapshot {
         })
     }
 
-    /// Whether `devno` or anything below it (through `slaves/`) satisfies `pred` on its dm uuid.
-    fn reaches(&self, devno: DevNo, pred: &dyn Fn(&str) -> bool) -> bool {
+    /// Whether `devno` or anything below it (through `slaves/`) satisfies `pred`.
+    fn reaches(&self, devno: DevNo, pred: &dyn Fn(DevNo, &Node) -> bool) -> bool {
         let mut stack = vec![devno];
         let mut seen = BTreeSet::new();
         while let Some(d) = stack.pop() {
@@ -281,7 +289,7 @@ impl Snapshot {
             let Some(n) = self.nodes.get(&d) else {
                 continue;
             };
-            if n.dm_uuid.as_deref().is_some_and(pred) {
+            if pred(d, n) {
                 return true;
             }
             stack.extend(n.slaves.iter().copied());
@@ -310,28 +318,37 @@ impl Snapshot {
     }
 
     /// The state of the mapping named `name` for the LUKS volume `luks_uuid`.
-    pub fn mapping(&self, name: &str, luks_uuid: &str) -> Mapping {
+    /// With `backing` (the configured device's `M:m`, when it is a block
+    /// device), the mapping must also sit on that device: a mapping of a
+    /// cloned header on another disk carries the same uuid but is not this volume.
+    pub fn mapping(&self, name: &str, luks_uuid: &str, backing: Option<DevNo>) -> Mapping {
         let mut foreign = None;
         for (d, n) in &self.nodes {
             if n.dm_name.as_deref() != Some(name) {
                 continue;
             }
             let uuid = n.dm_uuid.clone().unwrap_or_default();
-            if is_own_crypt_uuid(&uuid, luks_uuid, name) {
-                return Mapping::Open {
-                    devno: format!("{}:{}", d.0, d.1),
-                };
+            if !is_own_crypt_uuid(&uuid, luks_uuid, name) {
+                foreign = Some(Mapping::Foreign { dm_uuid: uuid });
+                continue;
             }
-            foreign = Some(uuid);
+            let devno = format!("{}:{}", d.0, d.1);
+            match backing {
+                Some(b) if !n.slaves.iter().any(|s| self.reaches(*s, &|x, _| x == b)) => {
+                    foreign = Some(Mapping::OtherDevice {
+                        devno,
+                        expected: format!("{}:{}", b.0, b.1),
+                    });
+                }
+                _ => return Mapping::Open { devno },
+            }
         }
-        match foreign {
-            Some(dm_uuid) => Mapping::Foreign { dm_uuid },
-            None => Mapping::Closed,
-        }
+        foreign.unwrap_or(Mapping::Closed)
     }
 
-    /// What is mounted at `mountpoint` (the topmost mount there wins).
-    pub fn mount_state(&self, mountpoint: &Path, name: &str, luks_uuid: &str) -> MountState {
+    /// What is mounted at `mountpoint` (the topmost mount there wins), judged
+    /// against the volume's open mapping `target`.
+    pub fn mount_state(&self, mountpoint: &Path, target: Option<DevNo>) -> MountState {
         let Some(m) = self
             .mounts
             .iter()
@@ -340,9 +357,10 @@ impl Snapshot {
         else {
             return MountState::NotMounted;
         };
-        let on = self
-            .mount_device(m)
-            .is_some_and(|d| self.reaches(d, &|u| is_own_crypt_uuid(u, luks_uuid, name)));
+        let on = match (target, self.mount_device(m)) {
+            (Some(t), Some(d)) => self.reaches(d, &|x, _| x == t),
+            _ => false,
+        };
         if on {
             MountState::OnMapping {
                 source: m.source.clone(),
@@ -355,11 +373,22 @@ impl Snapshot {
         }
     }
 
-    /// A volume's live state.
-    pub fn volume(&self, name: &str, luks_uuid: &str, mountpoint: Option<&Path>) -> VolumeLive {
+    /// A volume's live state (`backing`: see [`Snapshot::mapping`]).
+    pub fn volume(
+        &self,
+        name: &str,
+        luks_uuid: &str,
+        mountpoint: Option<&Path>,
+        backing: Option<DevNo>,
+    ) -> VolumeLive {
+        let mapping = self.mapping(name, luks_uuid, backing);
+        let target = match &mapping {
+            Mapping::Open { devno } => parse_devno(devno),
+            _ => None,
+        };
         VolumeLive {
-            mapping: self.mapping(name, luks_uuid),
-            mount: mountpoint.map(|p| self.mount_state(p, name, luks_uuid)),
+            mount: mountpoint.map(|p| self.mount_state(p, target)),
+            mapping,
         }
     }
 
@@ -374,9 +403,11 @@ impl Snapshot {
             if NOT_ON_DISK.contains(&m.fstype.as_str()) {
                 continue;
             }
-            let encrypted = self
-                .mount_device(m)
-                .is_some_and(|d| self.reaches(d, &is_encrypting_dm_uuid));
+            let encrypted = self.mount_device(m).is_some_and(|d| {
+                self.reaches(d, &|_, n| {
+                    n.dm_uuid.as_deref().is_some_and(is_encrypting_dm_uuid)
+                })
+            });
             if !encrypted {
                 out.push(UnencryptedMount {
                     mountpoint: m.mountpoint.clone(),

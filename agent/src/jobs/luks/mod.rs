@@ -232,8 +232,11 @@ async fn check_volume(
             )),
         }
     }
+    let backing = block_devno(&vol.device);
     let live_of = |s: &Snapshot| match &header {
-        HeaderState::Luks(h) => Some(s.volume(&vol.name, &h.uuid, vol.mountpoint.as_deref())),
+        HeaderState::Luks(h) => {
+            Some(s.volume(&vol.name, &h.uuid, vol.mountpoint.as_deref(), backing))
+        }
         _ => None,
     };
     let mut live = snap.as_ref().and_then(live_of);
@@ -302,6 +305,20 @@ async fn check_volume(
         repair,
         drift: drift::Drift::default(),
     }
+}
+
+/// `M:m` of `device` when it is a block device (image files have none).
+fn block_devno(device: &std::path::Path) -> Option<live::DevNo> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(device).ok()?;
+    if !m.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = m.rdev();
+    Some((
+        u32::try_from(nix::sys::stat::major(rdev)).ok()?,
+        u32::try_from(nix::sys::stat::minor(rdev)).ok()?,
+    ))
 }
 
 fn metrics(reports: &[VolumeReport], unencrypted: &[UnencryptedMount]) -> MetricsUpdate {

@@ -225,6 +225,11 @@ pub fn evaluate(
             Mapping::Open { .. } => {}
             _ if !vol.require_open => {}
             Mapping::Closed => fail(&mut out, Check::NotOpen, format!("no dm mapping {} is open", vol.name)),
+            Mapping::OtherDevice { devno, expected } => fail(
+                &mut out,
+                Check::NotOpen,
+                format!("dm-crypt mapping {} ({devno}) has this volume's uuid but sits on another disk than {} ({expected}): a cloned header?", vol.name, vol.device.display()),
+            ),
             Mapping::Foreign { dm_uuid } => fail(
                 &mut out,
                 Check::NotOpen,
@@ -486,6 +491,17 @@ mod tests {
                 true,
                 None,
                 foreign,
+                None,
+                vec![NotOpen],
+            ),
+            (
+                "cloned header's mapping on another disk",
+                true,
+                None,
+                Mapping::OtherDevice {
+                    devno: "254:3".into(),
+                    expected: "8:2".into(),
+                },
                 None,
                 vec![NotOpen],
             ),

@@ -25,6 +25,10 @@ pub fn skip_reason(
     match mapping {
         Some(Mapping::Closed) => None,
         Some(Mapping::Open { .. }) => Some("already open".into()),
+        Some(Mapping::OtherDevice { devno, .. }) => Some(format!(
+            "the name {} is held by a mapping ({devno}) of a copy of this header on another disk",
+            vol.name
+        )),
         Some(Mapping::Foreign { dm_uuid }) => Some(format!(
             "the name {} is held by another dm device (uuid {dm_uuid:?}); close or rename it first",
             vol.name
