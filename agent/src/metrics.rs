@@ -41,6 +41,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("cloudnx_luks_volume_open", "gauge", "1 if the volume's dm-crypt mapping is open."),
     ("cloudnx_luks_check_failed", "gauge", "1 for each policy check the volume fails."),
     ("cloudnx_luks_header_backup_timestamp_seconds", "gauge", "When the volume's LUKS header was last backed up."),
+    ("cloudnx_luks_unencrypted_mount", "gauge", "1 for each disk filesystem under a configured data path that is not on an encrypting dm mapping."),
     ("cloudnx_tls_certificate_expiry_timestamp_seconds", "gauge", "notAfter of the agent's certificate and CA."),
     ("cloudnx_tls_reload_failures_total", "counter", "Certificate reloads refused because the new files were unusable."),
     ("cloudnx_report_outbox_events", "gauge", "Events waiting in the outbox for the control plane."),

@@ -37,6 +37,7 @@ pub struct RawVolume {
     device: Opt<PathBuf>,
     mountpoint: Opt<PathBuf>,
     keyfile: Opt<PathBuf>,
+    require_open: Opt<bool>,
 }
 
 /// Validated `[luks]`.
@@ -80,6 +81,10 @@ pub struct LuksVolume {
     pub mountpoint: Option<PathBuf>,
     /// Key file that lets the agent re-open a closed mapping.
     pub keyfile: Option<PathBuf>,
+    /// Whether a closed mapping is a violation (`not_open`); default true.
+    /// False for volumes that are closed on purpose (a cold spare, an
+    /// offline backup disk): their header is still held to the policy.
+    pub require_open: bool,
 }
 
 impl RawLuks {
@@ -88,6 +93,22 @@ impl RawLuks {
         check_cron(c, &self.schedule);
         check_abs(c, "header_backup_dir", &self.header_backup_dir);
         for v in &self.volumes {
+            if let Some(n) = &v.name {
+                // dm names: at most 127 bytes, no '/', and a name that is also
+                // usable as a metrics label and a backup file name.
+                let ok = !n.get_ref().is_empty()
+                    && n.get_ref().len() < 128
+                    && n.get_ref()
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.+".contains(ch));
+                if !ok {
+                    c.err(
+                        n.span(),
+                        format!("volume name {:?} is not a usable dm mapping name", n.get_ref()),
+                        "use 1-127 letters, digits, '-', '_', '.', '+' (the name under /dev/mapper/)",
+                    );
+                }
+            }
             check_secret(c, "keyfile", &v.keyfile, false);
             check_abs(c, "device", &v.device);
             check_abs(c, "mountpoint", &v.mountpoint);
@@ -131,7 +152,9 @@ impl RawLuks {
                 .iter_mut()
                 .find(|x| x.name.as_ref().map(|n| n.get_ref()) == name.as_ref())
             {
-                Some(x) if name.is_some() => merge_fields!(x, v; name, device, mountpoint, keyfile),
+                Some(x) if name.is_some() => {
+                    merge_fields!(x, v; name, device, mountpoint, keyfile, require_open)
+                }
                 _ => self.volumes.push(v),
             }
         }
@@ -152,7 +175,7 @@ impl RawLuks {
             pbkdf: or(p.pbkdf, "argon2id".into()),
             max_keyslots: or(p.max_keyslots, 2),
         };
-        let mut volumes = Vec::new();
+        let mut volumes: Vec<LuksVolume> = Vec::new();
         for v in self.volumes {
             let name = required(v.name, "luks.volumes", "name", problems);
             let device = required(v.device, "luks.volumes", "device", problems);
@@ -162,7 +185,17 @@ impl RawLuks {
                     device,
                     mountpoint: v.mountpoint.map(toml::Spanned::into_inner),
                     keyfile: v.keyfile.map(toml::Spanned::into_inner),
+                    require_open: or(v.require_open, true),
                 });
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for v in &volumes {
+            if !seen.insert(v.name.as_str()) {
+                problems.push(
+                    Problem::general(format!("[[luks.volumes]] name {:?} is used twice", v.name))
+                        .hint("each volume is one dm mapping: give every volume its own name"),
+                );
             }
         }
         Some(LuksConfig {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod luks;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
