@@ -2,6 +2,10 @@
 //! starters for the real components (one file per component).
 #![allow(dead_code)]
 
+pub mod gpg;
+pub mod postgres;
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,12 +16,22 @@ pub fn agent_bin() -> PathBuf {
 
 /// Run the agent with a config file; returns its output.
 pub fn agent(config: &Path, args: &[&str]) -> Output {
-    Command::new(agent_bin()).arg("--config").arg(config).args(args).env_remove("CLOUDNX_AGENT_CONFIG").output().expect("running cloudnx-agent")
+    Command::new(agent_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("CLOUDNX_AGENT_CONFIG")
+        .output()
+        .expect("running cloudnx-agent")
 }
 
 /// stdout + stderr as one string, for assertions and failure messages.
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A scratch directory with `state/` and `metrics/` and a config writer.
@@ -30,7 +44,10 @@ impl Scratch {
     /// A new scratch directory (world-traversable so `postgres` can use subdirs).
     pub fn new() -> Self {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new().prefix("cnx-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("cnx-test-")
+            .tempdir()
+            .expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(dir.path().join("metrics")).unwrap();
         Scratch { dir }
@@ -74,13 +91,25 @@ impl Scratch {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Fail loudly when a component the test needs is missing.
 pub fn require(program: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
         .or_else(|| Some(PathBuf::from(program)).filter(|p| p.is_absolute() && p.is_file()));
-    found.unwrap_or_else(|| panic!("required test component `{program}` is not installed: run scripts/install-test-deps"))
+    found.unwrap_or_else(|| {
+        panic!(
+            "required test component `{program}` is not installed: run scripts/install-test-deps"
+        )
+    })
 }
