@@ -9,20 +9,55 @@ pub struct Moto {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Access key id the helpers sign with.
+    pub key_id: String,
+    /// Secret access key the helpers sign with.
+    pub secret: String,
 }
 
 impl Moto {
-    /// Start moto and wait until it answers.
+    /// Start moto (no authentication) and wait until it answers.
     pub fn start() -> Moto {
+        Self::spawn(None)
+    }
+
+    /// Start moto with authentication on: after an IAM user with an
+    /// allow-all policy is created, every request must carry a valid SigV4
+    /// signature of that user's key (moto checks signatures in this mode).
+    pub fn start_with_auth() -> Moto {
+        let mut m = Self::spawn(Some(3));
+        let out = m.py(
+            "iam = boto3.client('iam', endpoint_url=s3.meta.endpoint_url, region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')\n\
+             iam.create_user(UserName='agent')\n\
+             k = iam.create_access_key(UserName='agent')['AccessKey']\n\
+             iam.put_user_policy(UserName='agent', PolicyName='all', PolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}))\n\
+             print(k['AccessKeyId'], k['SecretAccessKey'])",
+        );
+        let mut it = out.split_whitespace();
+        m.key_id = it.next().unwrap().to_owned();
+        m.secret = it.next().unwrap().to_owned();
+        m
+    }
+
+    fn spawn(unauthenticated_actions: Option<u32>) -> Moto {
         let bin = super::require("moto_server");
         let port = super::free_port();
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(n) = unauthenticated_actions {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting moto_server");
-        let m = Moto { child, port };
+        let m = Moto {
+            child,
+            port,
+            key_id: "test".into(),
+            secret: "test".into(),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -43,8 +78,10 @@ impl Moto {
     pub fn py(&self, code: &str) -> String {
         let script = format!(
             "import boto3, json, sys, datetime, hashlib, base64\n\
-             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n{code}\n",
-            self.endpoint()
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='{}', aws_secret_access_key='{}')\n{code}\n",
+            self.endpoint(),
+            self.key_id,
+            self.secret
         );
         let out = Command::new("python3")
             .arg("-c")

@@ -4,7 +4,8 @@
 //! `keep_min` (≥ 1) complete ones are always kept whatever their age; other
 //! complete backups older than `retention_days` are deleted; incomplete ones
 //! (an object without a manifest: a crashed or failed run) are cleaned, except
-//! the one this run is writing. Names that are not stamps are never touched.
+//! the one this run is writing (which, once complete, counts as the newest).
+//! Names that are not stamps are never touched.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
@@ -60,7 +61,7 @@ pub fn plan(
     let mut complete: Vec<(DateTime<Utc>, usize)> = found
         .iter()
         .enumerate()
-        .filter(|(_, f)| f.complete && Some(f.stamp.as_str()) != current)
+        .filter(|(_, f)| f.complete)
         .filter_map(|(i, f)| Some((parse_stamp(&f.stamp)?, i)))
         .collect();
     complete.sort_by(|a, b| b.cmp(a));
@@ -166,6 +167,17 @@ mod tests {
                 keep_min: 1,
                 current: Some(days_ago(0)),
                 want: vec![KeepNewest, Leave],
+            },
+            Case {
+                name: "this run's complete backup is the newest: older expired ones go",
+                found: vec![
+                    f(days_ago(20), true),
+                    f(days_ago(16), true),
+                    f(days_ago(0), true),
+                ],
+                keep_min: 1,
+                current: Some(days_ago(0)),
+                want: vec![DeleteExpired, DeleteExpired, Leave],
             },
             Case {
                 name: "names that are not stamps are never touched",
