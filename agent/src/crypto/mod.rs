@@ -7,8 +7,12 @@
 //! data packet, partial body lengths, and no compression packet (a custom-format
 //! dump is already compressed; compressing again costs ~10× the CPU).
 //!
-//! Must never: buffer the whole message, write plaintext anywhere, or accept a
-//! key it cannot encrypt to (that would silently make a backup unreadable).
+//! Also decrypts (for the restore drill): a binary message read as a stream
+//! with an unprotected armored secret key; the MDC is checked at the end.
+//!
+//! Must never: buffer the whole message, write plaintext anywhere but where
+//! the caller says, or accept a key it cannot encrypt to (that would silently
+//! make a backup unreadable).
 
 use anyhow::{bail, Context};
 use pgp::composed::{Deserializable, MessageBuilder, SignedPublicKey};
@@ -106,4 +110,31 @@ fn encryption_subkey(key: &SignedPublicKey) -> Option<&pgp::composed::SignedPubl
                 f.encrypt_comms() || f.encrypt_storage()
             })
     })
+}
+
+/// Decrypt one OpenPGP message from `input` into `out` with the armored,
+/// passphrase-less secret key at `key_path`. Returns the plaintext size.
+/// Blocking: run it on a blocking thread. Integrity (MDC) is checked: a
+/// modified message fails instead of yielding altered bytes.
+pub fn decrypt<R: std::io::BufRead + std::fmt::Debug + Send, W: Write>(
+    key_path: &Path,
+    input: R,
+    mut out: W,
+) -> anyhow::Result<u64> {
+    use pgp::composed::{Message, SignedSecretKey};
+    let f = std::fs::File::open(key_path)
+        .with_context(|| format!("opening the decryption key {}", key_path.display()))?;
+    let (key, _) = SignedSecretKey::from_armor_single(std::io::BufReader::new(f)).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the decryption key {}: {e} (expected an armored secret key without passphrase: gpg --export-secret-keys --armor FPR)",
+            key_path.display()
+        )
+    })?;
+    let (msg, _) = Message::from_reader(input)
+        .map_err(|e| anyhow::anyhow!("reading the OpenPGP message: {e}"))?;
+    let mut plain = msg
+        .decrypt(&pgp::types::Password::empty(), &key)
+        .map_err(|e| anyhow::anyhow!("decrypting with {}: {e}", key_path.display()))?;
+    let n = std::io::copy(&mut plain, &mut out).context("decrypting the backup")?;
+    Ok(n)
 }

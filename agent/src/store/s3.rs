@@ -467,6 +467,36 @@ impl Destination for S3Store {
         })
     }
 
+    fn fetch<'a>(
+        &'a self,
+        key: &'a str,
+        to: &'a std::path::Path,
+    ) -> BoxFuture<'a, anyhow::Result<(u64, String)>> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            let r = self
+                .send_retrying(Method::GET, key, &[], &[], Bytes::new())
+                .await
+                .with_context(|| format!("downloading {key}"))?;
+            let mut file = tokio::fs::File::create(to)
+                .await
+                .with_context(|| format!("creating {}", to.display()))?;
+            let mut hash = Sha256::new();
+            let mut n = 0u64;
+            let mut body = r.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.with_context(|| format!("downloading {key}"))?;
+                hash.update(&chunk);
+                n += chunk.len() as u64;
+                file.write_all(&chunk)
+                    .await
+                    .with_context(|| format!("writing {}", to.display()))?;
+            }
+            file.flush().await?;
+            Ok((n, hex::encode(hash.finalize())))
+        })
+    }
+
     fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<u64>>> {
         Box::pin(async move {
             let Some(r) = self

@@ -63,6 +63,41 @@ impl Gpg {
         path.to_owned()
     }
 
+    /// Write the armored secret key (no passphrase) to `path`, mode 0600.
+    pub fn export_secret(&self, path: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let out = self.run(&[
+            "--batch",
+            "--armor",
+            "--export-secret-keys",
+            &self.fingerprint,
+        ]);
+        std::fs::write(path, out).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_owned()
+    }
+
+    /// Encrypt bytes to this key the way an operator would (for forged backups in tests).
+    pub fn encrypt(&self, plain: &[u8], out: &Path) {
+        let input = out.with_extension("plain");
+        std::fs::write(&input, plain).unwrap();
+        self.run(&[
+            "--batch",
+            "--yes",
+            "--trust-model",
+            "always",
+            "--compress-algo",
+            "none",
+            "-r",
+            &self.fingerprint,
+            "-o",
+            out.to_str().unwrap(),
+            "--encrypt",
+            input.to_str().unwrap(),
+        ]);
+        std::fs::remove_file(input).unwrap();
+    }
+
     /// `gpg --decrypt` a file; the plaintext bytes.
     pub fn decrypt(&self, path: &Path) -> Vec<u8> {
         self.run(&["--batch", "--quiet", "--decrypt", path.to_str().unwrap()])
