@@ -511,6 +511,35 @@ fn killed_pg_dump_and_concurrent_runs_leave_no_manifest_and_the_next_run_works()
             && l.contains("incomplete")),
         "{audit}"
     );
+
+    // SIGTERM midway (what systemd sends on stop): cancelled cleanly, nothing looks complete.
+    let before = s.fs_files();
+    let third = std::process::Command::new(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("backup")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_child(third.id(), "pg_dump");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(third.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = third.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert!(
+        support::text(&out).contains("cancelled"),
+        "{}",
+        support::text(&out)
+    );
+    assert_eq!(
+        s.fs_files(),
+        before,
+        "a cancelled backup leaves nothing behind"
+    );
 }
 
 /// The pid of the first child of `parent` whose command is `name` (polls up to 60 s).

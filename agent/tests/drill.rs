@@ -317,6 +317,56 @@ fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
     );
 }
 
+#[test]
+fn sigterm_midway_through_a_drill_leaves_no_process_and_no_temp_dir() {
+    let pg = Pg::start();
+    seed(&pg);
+    let s = Setup::new();
+    let cfg = s.config(&pg, None, "local", "");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+
+    let child = std::process::Command::new(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("restore-drill")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the throwaway cluster's postmaster runs from the spool dir.
+    let spool = s.scratch.path("spool").display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    'wait: loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains("bin/postgres") && cmd.contains(&spool) {
+                    break 'wait;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the throwaway cluster never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert!(
+        support::text(&out).contains("cancelled"),
+        "{}",
+        support::text(&out)
+    );
+    s.assert_clean();
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
