@@ -46,9 +46,17 @@ mod tests {
         v.iter().map(|s| format!("h/postgres/{s}")).collect()
     }
 
+    /// (name, keys, only, expected (database, stamp) pairs)
+    type Case = (
+        &'static str,
+        Vec<String>,
+        Vec<String>,
+        Vec<(&'static str, &'static str)>,
+    );
+
     #[test]
     fn newest_complete_table() {
-        let cases: Vec<(&str, Vec<String>, Vec<String>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "newest complete wins, a newer incomplete one is ignored",
                 keys(&[
