@@ -582,7 +582,7 @@ fn retention_prunes_old_backups_keeps_locked_ones_and_audits_deletions() {
     let cfg = s.config(
         &pg.conninfo(),
         Some((&moto.endpoint(), 0)),
-        "databases = [\"shop\"]\nglobals = false\nretention_days = 14",
+        "databases = [\"shop\"]\nglobals = false\nretention_days = 14\nskip_row_counts = [\"shop\"]",
     );
 
     // Seeded history on the filesystem: one expired complete backup, one young one.
@@ -605,6 +605,15 @@ fn retention_prunes_old_backups_keeps_locked_ones_and_audits_deletions() {
 
     let out = support::agent(&cfg, &["backup"]);
     assert!(out.status.success(), "{}", support::text(&out));
+    // Row counting switched off for this database: the manifest says so.
+    let current = s
+        .manifests("shop")
+        .into_iter()
+        .find(|(d, _)| !d.ends_with("20991231T000000Z"))
+        .unwrap()
+        .1;
+    assert_eq!(current["row_counts"], Value::Null, "{current}");
+    assert_eq!(current["row_counts_skipped"], true, "{current}");
 
     assert!(
         !base.join("20200101T000000Z").exists(),
