@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 /// Control-plane side: mTLS API, event outbox and pusher, TLS reload, `ctl`.
 pub mod control;
+/// Streaming OpenPGP encryption of backups.
+pub mod crypto;
 /// Daemon lifecycle: sd_notify, signals, scheduler, reload.
 pub mod daemon;
 /// The four duties.
@@ -23,11 +25,15 @@ pub mod jobs;
 pub mod logging;
 /// Metrics state and the textfile exposition.
 pub mod metrics;
+/// PostgreSQL helpers shared by backup and drill.
+pub mod pg;
 /// Typed Proxmox VE API client (token auth, verified TLS, UPIDs, tasks).
 pub mod pve;
 /// The one job runner.
 pub mod runner;
 /// Cron schedules in a time zone.
 pub mod schedule;
+/// Backup destinations: the Destination trait, filesystem and S3.
+pub mod store;
 /// Small shared helpers.
 pub mod util;

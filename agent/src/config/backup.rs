@@ -157,7 +157,7 @@ impl RawBackup {
             globals: or(self.globals, true),
             row_counts: or(self.row_counts, true),
             skip_row_counts: or(self.skip_row_counts, vec![]),
-            part_size_mib: or(self.part_size_mib, 16),
+            part_size_mib: or(self.part_size_mib, 8),
             max_in_flight_parts: or(self.max_in_flight_parts, 2),
         })
     }

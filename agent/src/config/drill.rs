@@ -52,7 +52,8 @@ pub struct DrillConfig {
     pub alertmanager_url: Option<String>,
     /// Hard limit for the whole drill.
     pub timeout_minutes: u32,
-    /// Parent of the private spool directory (default: state_dir/drill).
+    /// Parent of the drill's private directory (default: /var/tmp; must be
+    /// traversable by `run_as`, so not the 0700 state_dir).
     pub spool_dir: Option<PathBuf>,
 }
 

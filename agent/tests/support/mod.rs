@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod gpg;
 pub mod luks;
+pub mod postgres;
+pub mod s3;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

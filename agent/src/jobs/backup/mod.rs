@@ -1,11 +1,510 @@
-//! The `backup` duty (not built yet: the runner refuses it with exit 2 before calling `run`).
+//! The `backup` duty (SPEC §1, §4): per database, one `pg_dump --format=custom`
+//! inside an exported snapshot, streamed once through encryption to every
+//! destination at once, confirmed by size, then the manifest, then retention.
+//! The cluster's globals are a backup object of their own ([`manifest::GLOBALS`]).
+//!
+//! Owns: the order of a backup (snapshot → fingerprint and counts → dump →
+//! confirm → manifest → retention) and what the outcome says per database and
+//! destination. Must never: write a manifest for an object whose size was not
+//! confirmed, let one destination's failure stop the others, delete anything
+//! retention did not decide, or write metrics/audit/events except through the
+//! outcome and `ctx.audit`.
+
+pub mod manifest;
+pub mod retention;
+pub mod stream;
 
 use super::{JobContext, Outcome};
+use crate::config::BackupConfig;
+use crate::crypto::Recipients;
+use crate::metrics::MetricsUpdate;
+use crate::pg::{self, ConnInfo, ServerVersion};
+use crate::store::{self, Deleted, Destination};
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use manifest::{Content, Manifest};
+use retention::{Found, Verdict};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// Whether this duty is implemented in this build.
-pub const BUILT: bool = false;
+pub const BUILT: bool = true;
+
+/// The result of one database on one destination.
+struct DestResult {
+    name: String,
+    key: String,
+    error: Option<String>,
+}
+
+/// The result of one database.
+struct DbResult {
+    database: String,
+    stamp: String,
+    seconds: f64,
+    manifest: Option<Manifest>,
+    dests: Vec<DestResult>,
+    error: Option<String>,
+}
 
 /// Run the duty.
-pub async fn run(_ctx: &JobContext) -> anyhow::Result<Outcome> {
-    anyhow::bail!("the backup duty is not built yet")
+pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
+    let cfg = ctx
+        .config
+        .backup
+        .as_ref()
+        .context("the [backup] section is absent")?;
+    let conn = ConnInfo::parse(&cfg.connection).context("[backup] connection")?;
+    let recipients = Arc::new(
+        tokio::task::spawn_blocking({
+            let keys = cfg.encrypt_to.clone();
+            move || Recipients::load(&keys)
+        })
+        .await??,
+    );
+    let mut dests: Vec<Arc<dyn Destination>> = Vec::new();
+    for name in &cfg.destinations {
+        let d = ctx
+            .config
+            .destination(name)
+            .with_context(|| format!("destination {name:?} is not defined"))?;
+        let store = store::open(d, cfg.max_in_flight_parts as usize)
+            .with_context(|| format!("opening destination {name}"))?;
+        dests.push(store);
+    }
+    let prefixes: BTreeMap<String, String> = cfg
+        .destinations
+        .iter()
+        .filter_map(|n| Some((n.clone(), ctx.config.destination(n)?.prefix.clone())))
+        .collect();
+
+    let admin = conn.connect(None).await?;
+    let version = pg::server_version(&admin).await?;
+    let databases = select_databases(ctx, cfg, &admin).await?;
+    drop(admin);
+    let bin_dir = pg::bin_dir(cfg.pg_bin_dir.as_deref(), version.major);
+    let pg_dump = pg::program(bin_dir.as_deref(), "pg_dump");
+    let dump_version = pg::program_version(&pg_dump).await?;
+    if pg::major_of(&dump_version).unwrap_or(0) < version.major {
+        bail!(
+            "{} is version {dump_version}, older than the server ({}); install postgresql-client-{} or set [backup] pg_bin_dir",
+            pg_dump.display(),
+            version.text,
+            version.major
+        );
+    }
+
+    let env = Env {
+        ctx,
+        cfg,
+        conn: &conn,
+        recipients: &recipients,
+        dests: &dests,
+        prefixes: &prefixes,
+        version: &version,
+        bin_dir: bin_dir.as_deref(),
+        dump_version: &dump_version,
+    };
+    let mut results = Vec::new();
+    if cfg.globals && ctx.params.databases.is_empty() {
+        results.push(env.backup_one(manifest::GLOBALS, Content::Globals).await);
+    }
+    for db in &databases {
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        results.push(env.backup_one(db, Content::Database).await);
+    }
+
+    // Retention and clean-up, per database and destination.
+    let mut metrics = MetricsUpdate::default();
+    let mut retention_log = Vec::new();
+    let mut failures = Vec::new();
+    let now = chrono::Utc::now();
+    for r in &results {
+        for d in &r.dests {
+            let Some(dest) = dests.iter().find(|x| x.name() == d.name) else {
+                continue;
+            };
+            let succeeded = d.error.is_none() && r.error.is_none();
+            if succeeded {
+                metrics.set(
+                    "cloudnx_backup_last_success_timestamp_seconds",
+                    &[("database", &r.database), ("destination", &d.name)],
+                    crate::util::unix_now(),
+                );
+            }
+            match env
+                .prune(dest.as_ref(), &r.database, &r.stamp, succeeded, now)
+                .await
+            {
+                Ok((retained, log)) => {
+                    metrics.set(
+                        "cloudnx_backup_retained",
+                        &[("database", &r.database), ("destination", &d.name)],
+                        retained as f64,
+                    );
+                    retention_log.extend(log);
+                }
+                Err(e) => {
+                    failures.push(format!("retention of {} on {}: {e:#}", r.database, d.name))
+                }
+            }
+        }
+        if let Some(m) = &r.manifest {
+            if r.dests.iter().any(|d| d.error.is_none()) {
+                metrics.set(
+                    "cloudnx_backup_last_size_bytes",
+                    &[("database", &r.database)],
+                    m.size_bytes as f64,
+                );
+            }
+        }
+        metrics.set(
+            "cloudnx_backup_last_duration_seconds",
+            &[("database", &r.database)],
+            r.seconds,
+        );
+    }
+
+    let mut errors: Vec<String> = Vec::new();
+    for r in &results {
+        if let Some(e) = &r.error {
+            errors.push(format!("{}: {e}", r.database));
+        }
+        for d in &r.dests {
+            if let (None, Some(e)) = (&r.error, &d.error) {
+                errors.push(format!("{} to {}: {e}", r.database, d.name));
+            }
+        }
+    }
+    errors.extend(failures);
+    if ctx.cancel.is_cancelled() {
+        errors.push("cancelled before every database was backed up".into());
+    }
+    let result = json!({
+        "databases": results.iter().map(|r| json!({
+            "database": r.database,
+            "stamp": r.stamp,
+            "duration_seconds": r.seconds,
+            "error": r.error,
+            "size_bytes": r.manifest.as_ref().map(|m| m.size_bytes),
+            "plaintext_size_bytes": r.manifest.as_ref().map(|m| m.plaintext_size_bytes),
+            "sha256": r.manifest.as_ref().map(|m| m.sha256.clone()),
+            "destinations": r.dests.iter().map(|d| json!({
+                "destination": d.name,
+                "key": d.key,
+                "ok": d.error.is_none() && r.error.is_none(),
+                "error": d.error,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "retention": retention_log,
+    });
+    let ok_count = results
+        .iter()
+        .filter(|r| r.error.is_none() && r.dests.iter().all(|d| d.error.is_none()))
+        .count();
+    let mut outcome = if errors.is_empty() {
+        Outcome::success(
+            format!(
+                "backed up {} object(s) to {}",
+                results.len(),
+                cfg.destinations.join(", ")
+            ),
+            result,
+        )
+    } else {
+        let mut o = Outcome::failure(errors.join("; "), result);
+        o.changed = ok_count > 0 || results.iter().any(|r| r.manifest.is_some());
+        o
+    };
+    outcome.metrics = metrics;
+    Ok(outcome)
+}
+
+async fn select_databases(
+    ctx: &JobContext,
+    cfg: &BackupConfig,
+    admin: &tokio_postgres::Client,
+) -> anyhow::Result<Vec<String>> {
+    let wanted = if !ctx.params.databases.is_empty() {
+        ctx.params.databases.clone()
+    } else if !cfg.databases.is_empty() {
+        cfg.databases.clone()
+    } else {
+        pg::list_databases(admin)
+            .await?
+            .into_iter()
+            .filter(|d| !cfg.exclude_databases.contains(d))
+            .collect()
+    };
+    for d in &wanted {
+        if let Some(why) = manifest::unusable_name(d) {
+            bail!("cannot back up database {d:?}: {why}; rename it or list it in [backup] exclude_databases");
+        }
+    }
+    Ok(wanted)
+}
+
+struct Env<'a> {
+    ctx: &'a JobContext,
+    cfg: &'a BackupConfig,
+    conn: &'a ConnInfo,
+    recipients: &'a Arc<Recipients>,
+    dests: &'a [Arc<dyn Destination>],
+    prefixes: &'a BTreeMap<String, String>,
+    version: &'a ServerVersion,
+    bin_dir: Option<&'a Path>,
+    dump_version: &'a str,
+}
+
+impl Env<'_> {
+    fn prefix(&self, dest: &str) -> &str {
+        self.prefixes.get(dest).map_or("", String::as_str)
+    }
+
+    async fn backup_one(&self, database: &str, content: Content) -> DbResult {
+        let started = chrono::Utc::now();
+        let clock = std::time::Instant::now();
+        let stamp = retention::stamp(started);
+        let dests: Vec<DestResult> = self
+            .dests
+            .iter()
+            .map(|d| DestResult {
+                name: d.name().to_owned(),
+                key: manifest::object_key(self.prefix(d.name()), database, &stamp),
+                error: None,
+            })
+            .collect();
+        let mut r = DbResult {
+            database: database.to_owned(),
+            stamp,
+            seconds: 0.0,
+            manifest: None,
+            dests,
+            error: None,
+        };
+        if let Err(e) = self.dump(&mut r, content, started).await {
+            r.error = Some(format!("{e:#}"));
+        }
+        r.seconds = clock.elapsed().as_secs_f64();
+        match &r.error {
+            None => tracing::info!(database, "backed up"),
+            Some(e) => tracing::error!(database, "backup failed: {e}"),
+        }
+        r
+    }
+
+    async fn dump(
+        &self,
+        r: &mut DbResult,
+        content: Content,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        let db = r.database.clone();
+        let count_rows = self.cfg.row_counts && !self.cfg.skip_row_counts.contains(&db);
+        let (snapshot, schema_sha256, row_counts, cmd, pg_dump_version) = match content {
+            Content::Database => {
+                let client = self.conn.connect(Some(&db)).await?;
+                let snap = pg::Snapshot::export(client).await?;
+                let schema = pg::schema_sha256(snap.client()).await?;
+                let counts = if count_rows {
+                    Some(pg::row_counts(snap.client()).await?)
+                } else {
+                    None
+                };
+                let mut cmd = std::process::Command::new(pg::program(self.bin_dir, "pg_dump"));
+                cmd.arg("--format=custom")
+                    .arg(format!("--compress={}", self.cfg.compression_level))
+                    .arg(format!("--snapshot={}", snap.id))
+                    .arg("--no-password");
+                cmd.envs(self.conn.libpq_env(Some(&db)));
+                (
+                    Some(snap),
+                    Some(schema),
+                    counts,
+                    cmd,
+                    self.dump_version.to_owned(),
+                )
+            }
+            Content::Globals => {
+                let prog = pg::program(self.bin_dir, "pg_dumpall");
+                let v = pg::program_version(&prog).await?;
+                let mut cmd = std::process::Command::new(prog);
+                cmd.arg("--globals-only").arg("--no-password");
+                cmd.envs(self.conn.libpq_env(None));
+                (None, None, None, cmd, v)
+            }
+        };
+
+        // One channel per destination; a part is shared (not copied) between them.
+        let mut senders = Vec::new();
+        let mut uploads = Vec::new();
+        for (d, res) in self.dests.iter().zip(&r.dests) {
+            let (tx, rx) = mpsc::channel(1);
+            senders.push(tx);
+            let key = res.key.clone();
+            let d = d.clone();
+            uploads.push(async move { d.upload(&key, rx).await });
+        }
+        let base = u64::from(self.cfg.part_size_mib) << 20;
+        let what = format!("database {db}");
+        let (streamed, uploaded) = tokio::join!(
+            stream::run(
+                cmd,
+                &what,
+                self.recipients.clone(),
+                senders,
+                base,
+                &self.ctx.cancel
+            ),
+            futures_util::future::join_all(uploads)
+        );
+        if let Some(s) = snapshot {
+            if let Err(e) = s.finish().await {
+                tracing::warn!(database = %db, "{e:#}");
+            }
+        }
+        let streamed = streamed?;
+        let finished = chrono::Utc::now();
+        let m = Manifest {
+            format: manifest::FORMAT.into(),
+            host_id: self.ctx.config.host_id.clone(),
+            database: db.clone(),
+            content,
+            started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            server_version: self.version.text.clone(),
+            pg_dump_version,
+            object: manifest::object_name(&db),
+            size_bytes: streamed.size,
+            sha256: streamed.sha256,
+            plaintext_size_bytes: streamed.plaintext_size,
+            plaintext_sha256: streamed.plaintext_sha256,
+            recipients: self.recipients.fingerprints(),
+            schema_sha256,
+            row_counts,
+            row_counts_skipped: content == Content::Database && !count_rows,
+            compression_level: (content == Content::Database).then_some(self.cfg.compression_level),
+        };
+        let body = Bytes::from(serde_json::to_vec_pretty(&m)?);
+        for ((d, res), up) in self.dests.iter().zip(r.dests.iter_mut()).zip(uploaded) {
+            let confirmed = async {
+                let n = up?;
+                let seen = d
+                    .size(&res.key)
+                    .await
+                    .context("confirming the object size")?;
+                if seen != Some(m.size_bytes) || n != m.size_bytes {
+                    bail!(
+                        "the stored object has {seen:?} bytes, {} were written; not writing the manifest",
+                        m.size_bytes
+                    );
+                }
+                let mkey = manifest::manifest_key(self.prefix(d.name()), &db, &r.stamp);
+                d.put(&mkey, body.clone())
+                    .await
+                    .context("writing the manifest")
+            }
+            .await;
+            if let Err(e) = confirmed {
+                res.error = Some(format!("{e:#}"));
+            }
+        }
+        r.manifest = Some(m);
+        Ok(())
+    }
+
+    /// Clean incomplete leftovers and (when this run's backup succeeded there)
+    /// prune expired backups; returns how many complete backups remain.
+    async fn prune(
+        &self,
+        dest: &dyn Destination,
+        database: &str,
+        current: &str,
+        succeeded: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<(usize, Vec<serde_json::Value>)> {
+        let dir = manifest::database_dir(self.prefix(dest.name()), database);
+        let objects = dest.list(&dir).await?;
+        let mut stamps: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+        for o in objects {
+            let Some(rest) = o.key.strip_prefix(&dir) else {
+                continue;
+            };
+            let Some((stamp, file)) = rest.split_once('/') else {
+                continue;
+            };
+            let e = stamps.entry(stamp.to_owned()).or_default();
+            if file == manifest::MANIFEST {
+                e.0 = true;
+            }
+            e.1.push(o.key.clone());
+        }
+        let found: Vec<Found> = stamps
+            .iter()
+            .map(|(s, (complete, _))| Found {
+                stamp: s.clone(),
+                complete: *complete,
+            })
+            .collect();
+        // The current backup counts as complete only if it is; a failed one is
+        // cleaned on the next run, not now (it might still be inspected).
+        let verdicts = retention::plan(
+            &found,
+            now,
+            self.cfg.retention_days,
+            self.cfg.keep_min,
+            Some(current),
+        );
+        let mut log = Vec::new();
+        let mut retained: BTreeSet<String> = stamps
+            .iter()
+            .filter(|(_, (c, _))| *c)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for (f, v) in found.iter().zip(verdicts) {
+            let expired = v == Verdict::DeleteExpired;
+            if !(v == Verdict::CleanIncomplete || (expired && succeeded)) {
+                continue;
+            }
+            let keys = &stamps[&f.stamp].1;
+            // Data first, manifest last: a refused (locked) object keeps its
+            // manifest, so the backup stays complete and restorable.
+            let mut ordered: Vec<&String> = keys
+                .iter()
+                .filter(|k| !k.ends_with(manifest::MANIFEST))
+                .collect();
+            ordered.extend(keys.iter().filter(|k| k.ends_with(manifest::MANIFEST)));
+            let mut locked = false;
+            for key in ordered {
+                if locked {
+                    break;
+                }
+                let r = dest.delete(key).await?;
+                let reason = if expired { "expired" } else { "incomplete" };
+                let detail = json!({
+                    "destination": dest.name(), "database": database, "stamp": f.stamp,
+                    "key": key, "reason": reason, "result": format!("{r:?}").to_lowercase(),
+                });
+                if r == Deleted::Locked {
+                    locked = true;
+                    tracing::info!(destination = dest.name(), key, "kept: under object lock");
+                } else if r == Deleted::Deleted {
+                    self.ctx
+                        .audit("backup.retention.delete", detail.clone())
+                        .await
+                        .context("auditing a retention deletion")?;
+                }
+                log.push(detail);
+            }
+            if !locked {
+                retained.remove(&f.stamp);
+            }
+        }
+        Ok((retained.len(), log))
+    }
 }

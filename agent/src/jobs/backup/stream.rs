@@ -1,0 +1,246 @@
+//! One dump, streamed once: a dump program's stdout → SHA-256 of the plaintext
+//! → OpenPGP encryption → SHA-256 of the ciphertext → parts → every
+//! destination's upload at once. Memory is bounded by the part size times the
+//! parts queued per destination; nothing touches disk here.
+//!
+//! A destination whose upload fails drops its receiver and is skipped from then
+//! on; the others continue. `Feed::End` is sent only after the dump program
+//! exited 0 and the message was fully encrypted, so an upload can never
+//! complete from a partial dump.
+
+use crate::crypto::Recipients;
+use crate::store::Feed;
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// S3 allows 10 000 parts; part sizes double every this many parts.
+const PARTS_PER_SIZE_STEP: u64 = 1000;
+/// S3's largest part.
+const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The size of part `n` (1-based) for an initial size `base`: doubles every
+/// 1000 parts, so 10 000 parts hold 1023 × 1000 × base (≈ 7.8 TiB at 8 MiB).
+pub fn part_size(base: u64, n: u64) -> u64 {
+    let step = (n.saturating_sub(1) / PARTS_PER_SIZE_STEP).min(20);
+    (base << step).min(MAX_PART)
+}
+
+/// What was streamed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Streamed {
+    /// Bytes the dump program wrote.
+    pub plaintext_size: u64,
+    /// Their SHA-256 (hex).
+    pub plaintext_sha256: String,
+    /// Bytes of the OpenPGP message.
+    pub size: u64,
+    /// Its SHA-256 (hex).
+    pub sha256: String,
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.hash.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// Cuts the ciphertext into parts and hands each to every live destination.
+struct PartWriter {
+    senders: Vec<Option<mpsc::Sender<Feed>>>,
+    buf: BytesMut,
+    base: u64,
+    part: u64,
+    hash: Sha256,
+    n: u64,
+}
+
+impl PartWriter {
+    fn target(&self) -> usize {
+        usize::try_from(part_size(self.base, self.part + 1)).unwrap_or(usize::MAX)
+    }
+
+    fn ship(&mut self) -> std::io::Result<()> {
+        let part: Bytes = self.buf.split().freeze();
+        self.part += 1;
+        for s in &mut self.senders {
+            // A closed channel is a destination that already failed: skip it.
+            if s.as_ref()
+                .is_some_and(|tx| tx.blocking_send(Feed::Part(part.clone())).is_err())
+            {
+                *s = None;
+            }
+        }
+        if self.senders.iter().all(Option::is_none) {
+            return Err(std::io::Error::other("every destination failed"));
+        }
+        self.buf.reserve(self.target());
+        Ok(())
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.hash.update(b);
+        self.n += b.len() as u64;
+        let mut rest = b;
+        while !rest.is_empty() {
+            let room = self.target() - self.buf.len();
+            let k = room.min(rest.len());
+            self.buf.extend_from_slice(&rest[..k]);
+            rest = &rest[k..];
+            if self.buf.len() >= self.target() {
+                self.ship()?;
+            }
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Run `cmd`, encrypt its stdout to `recipients`, and feed every sender.
+/// On success every live sender got `Feed::End`; on failure none did (the
+/// uploads see their channel close and discard what they have).
+pub async fn run(
+    mut cmd: Command,
+    what: &str,
+    recipients: Arc<Recipients>,
+    senders: Vec<mpsc::Sender<Feed>>,
+    base_part: u64,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Streamed> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} for {what}"))?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let mut stderr = child.stderr.take().context("no stderr pipe")?;
+    let stderr_task = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all).trim().to_owned();
+        // Keep the end: that is where the reason is.
+        let mut cut = text.len().saturating_sub(2000);
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text[cut..].to_owned()
+    });
+
+    // Cancellation (SIGTERM, shutdown) kills the dump; the stream then fails
+    // below like any other broken dump, so nothing is left looking complete.
+    let done = CancellationToken::new();
+    let watcher = {
+        let (cancel, done) = (cancel.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => { let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL); }
+                () = done.cancelled() => {}
+            }
+        })
+    };
+
+    let writer = PartWriter {
+        senders: senders.into_iter().map(Some).collect(),
+        buf: BytesMut::with_capacity(usize::try_from(base_part).unwrap_or(8 << 20)),
+        base: base_part,
+        part: 0,
+        hash: Sha256::new(),
+        n: 0,
+    };
+    let encrypted = tokio::task::spawn_blocking(move || {
+        let mut reader = HashingReader {
+            inner: stdout,
+            hash: Sha256::new(),
+            n: 0,
+        };
+        let mut w = writer;
+        let r = recipients.encrypt(&mut reader, &mut w).and_then(|()| {
+            if w.buf.is_empty() {
+                Ok(())
+            } else {
+                w.ship()
+                    .context("handing the last part to the destinations")
+            }
+        });
+        (r, reader, w)
+    })
+    .await
+    .context("the encryption thread panicked")?;
+    let (enc_result, reader, writer) = encrypted;
+    if enc_result.is_err() {
+        // Nobody reads the pipe any more: make sure the dump does not block forever.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await?
+        .with_context(|| format!("waiting for {program}"))?;
+    done.cancel();
+    let _ = watcher.await;
+    let stderr_text = stderr_task.join().unwrap_or_default();
+
+    if cancel.is_cancelled() {
+        bail!("{what}: cancelled (the agent is shutting down); the partial upload was discarded");
+    }
+    if !status.success() {
+        let why = if stderr_text.is_empty() {
+            "no message".to_owned()
+        } else {
+            stderr_text
+        };
+        bail!("{program} for {what} failed ({status}): {why}");
+    }
+    enc_result.with_context(|| format!("streaming {what}"))?;
+
+    let PartWriter {
+        senders, hash, n, ..
+    } = writer;
+    for tx in senders.into_iter().flatten() {
+        // A destination that failed at the very end shows that in its own result.
+        let _ = tx.send(Feed::End).await;
+    }
+    Ok(Streamed {
+        plaintext_size: reader.n,
+        plaintext_sha256: hex::encode(reader.hash.finalize()),
+        size: n,
+        sha256: hex::encode(hash.finalize()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_grow_so_ten_thousand_parts_hold_terabytes() {
+        let base = 8 << 20;
+        assert_eq!(part_size(base, 1), base);
+        assert_eq!(part_size(base, 1000), base);
+        assert_eq!(part_size(base, 1001), 2 * base);
+        assert_eq!(part_size(base, 10_000), 512 * base);
+        let total: u64 = (1..=10_000).map(|n| part_size(base, n)).sum();
+        assert!(total > 7 << 40, "10 000 parts hold only {total} bytes");
+        assert!(part_size(base, 1 << 40) <= MAX_PART);
+    }
+}

@@ -1,0 +1,172 @@
+//! A throwaway PostgreSQL cluster for one drill: initdb into a private temp
+//! dir (as `run_as` when the agent is root: initdb refuses root), unix socket
+//! only, fsync off. [`Cluster`] stops it (immediate) and removes the whole
+//! directory when dropped, so every exit path — success, failure, timeout,
+//! cancellation — tears it down.
+
+use anyhow::{bail, Context};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+/// The private directory of a drill and, once started, its cluster.
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    started: bool,
+    /// The socket "port" (names the socket file; nothing listens on TCP).
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Create the private directory under `parent` (spool and cluster live in it).
+    pub fn prepare(parent: &Path, bin: &Path, run_as: &str) -> anyhow::Result<Cluster> {
+        // The cluster's owner must traverse the parent: 0711, not 0700.
+        if !parent.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let dir = parent.join(format!("drill-{}", &crate::util::new_id()[..12]));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let user = if nix::unistd::geteuid().is_root() {
+            let u = nix::unistd::User::from_name(run_as)
+                .ok()
+                .flatten()
+                .with_context(|| format!("[restore_drill] run_as: no such user {run_as:?}; create it or install postgresql (user postgres)"))?;
+            Some((u.uid, u.gid))
+        } else {
+            None
+        };
+        let mut c = Cluster {
+            dir,
+            bin: bin.to_owned(),
+            user,
+            started: false,
+            port: free_port()?,
+        };
+        use std::os::unix::fs::PermissionsExt;
+        // The cluster's owner must reach its data and socket dirs, nothing else.
+        std::fs::set_permissions(&c.dir, std::fs::Permissions::from_mode(0o711))?;
+        for sub in ["data", "sock", "log"] {
+            let p = c.dir.join(sub);
+            std::fs::create_dir(&p)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+            if let Some((uid, gid)) = c.user {
+                nix::unistd::chown(&p, Some(uid), Some(gid))?;
+            }
+        }
+        let spool = c.spool();
+        std::fs::create_dir(&spool)?;
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700))?;
+        c.started = false;
+        Ok(c)
+    }
+
+    /// The spool directory (root-only; encrypted download and decrypted dump).
+    pub fn spool(&self) -> PathBuf {
+        self.dir.join("spool")
+    }
+
+    /// The socket directory (the `host` to connect to).
+    pub fn sock(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    /// Where the temp dir is (for reports).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// libpq conninfo of the throwaway cluster.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres",
+            self.sock().display(),
+            self.port
+        )
+    }
+
+    fn as_owner(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.user {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        c.current_dir(&self.dir);
+        c
+    }
+
+    /// initdb and start.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        let mut init = self.as_owner("initdb");
+        init.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--locale=C.UTF-8",
+            "--encoding=UTF8",
+            "--no-sync",
+        ]);
+        run(init, "initdb of the throwaway cluster").await?;
+        let opts = format!(
+            "-c listen_addresses='' -p {} -k {} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            self.port,
+            self.sock().display()
+        );
+        let mut start = self.as_owner("pg_ctl");
+        start
+            .args(["-w", "-t", "120", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.join("log/postgres.log"))
+            .args(["-o", &opts, "start"]);
+        self.started = true;
+        run(start, "starting the throwaway cluster").await
+    }
+}
+
+async fn run(cmd: std::process::Command, what: &str) -> anyhow::Result<()> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let out = cmd.output().await.with_context(|| what.to_owned())?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.started {
+            let mut stop = self.as_owner("pg_ctl");
+            stop.arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "-w", "stop"]);
+            match stop.output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => tracing::error!(
+                    "stopping the throwaway cluster: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => tracing::error!("stopping the throwaway cluster: {e}"),
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::error!("removing {}: {e}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Where backups are written: the [`Destination`] trait and its two real
+//! implementations, a local directory ([`fs::FsStore`]) and any S3-compatible
+//! API ([`s3::S3Store`]).
+//!
+//! Owns: object keys relative to the destination root, atomic visibility of
+//! an object (a filesystem object appears by rename; an S3 object by completing
+//! its multipart upload), confirming sizes, listing and deleting.
+//!
+//! Must never: decide *what* to delete (retention is a pure function in
+//! `jobs::backup::retention`), hold a whole object in memory, or leave a failed
+//! upload looking like an object (temp files are removed, multipart uploads aborted).
+
+pub mod fs;
+pub mod s3;
+
+use crate::config::{Destination as DestConfig, DestinationKind};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What the producer sends an upload: parts in order, then `End`. A channel
+/// that closes without `End` means the stream failed: the upload is discarded.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// The next part of the object.
+    Part(Bytes),
+    /// The object is complete.
+    End,
+}
+
+/// An object found by [`Destination::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the destination root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The object is gone.
+    Deleted,
+    /// The object was already absent.
+    Absent,
+    /// The store refused: the object is under retention (Object Lock). Expected, not an error.
+    Locked,
+}
+
+/// A place backups are written to.
+pub trait Destination: Send + Sync {
+    /// The configured name (metrics label, messages).
+    fn name(&self) -> &str;
+
+    /// Where it is, for humans (`s3://bucket` at endpoint, or a path).
+    fn location(&self) -> String;
+
+    /// Stream an object from `parts` to `key`; it becomes visible only when
+    /// `Feed::End` arrives and everything was written. Returns its size.
+    fn upload<'a>(
+        &'a self,
+        key: &'a str,
+        parts: mpsc::Receiver<Feed>,
+    ) -> BoxFuture<'a, anyhow::Result<u64>>;
+
+    /// Write a small object (a manifest) atomically.
+    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Read a small object (a manifest).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Bytes>>;
+
+    /// Stream an object into a local file; returns its size and SHA-256 (hex),
+    /// computed while the bytes pass.
+    fn fetch<'a>(
+        &'a self,
+        key: &'a str,
+        to: &'a std::path::Path,
+    ) -> BoxFuture<'a, anyhow::Result<(u64, String)>>;
+
+    /// The size of an object, None if absent.
+    fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<u64>>>;
+
+    /// Every object under `prefix` (a `/`-terminated key prefix).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, anyhow::Result<Vec<ObjectInfo>>>;
+
+    /// Delete one object.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Deleted>>;
+}
+
+/// Open a configured destination. `max_in_flight` bounds concurrent part uploads.
+pub fn open(cfg: &DestConfig, max_in_flight: usize) -> anyhow::Result<Arc<dyn Destination>> {
+    Ok(match &cfg.kind {
+        DestinationKind::Filesystem { path } => Arc::new(fs::FsStore::new(&cfg.name, path)),
+        DestinationKind::S3(s) => Arc::new(s3::S3Store::new(&cfg.name, s, max_in_flight)?),
+    })
+}

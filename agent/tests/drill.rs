@@ -1,0 +1,372 @@
+//! End-to-end tests of the `restore-drill` duty: a real backup (PostgreSQL 15,
+//! moto S3 or a filesystem destination, GnuPG keys) restored into a throwaway
+//! cluster, checked, and torn down — and every kind of damage failing it precisely.
+
+mod support;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use support::gpg::Gpg;
+use support::postgres::Pg;
+use support::s3::Moto;
+use support::Scratch;
+
+fn seed(pg: &Pg) {
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("postgres", "CREATE ROLE app_owner LOGIN");
+    pg.psql(
+        "app",
+        "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL UNIQUE);
+         ALTER TABLE users OWNER TO app_owner;
+         INSERT INTO users (name) VALUES ('Zoë'), ('山田'), ('Ωmega');
+         CREATE TABLE events (id bigint PRIMARY KEY, user_id int REFERENCES users(id), at timestamptz, body text);
+         INSERT INTO events SELECT g, 1 + g % 3, now(), repeat('é', g % 40) FROM generate_series(1, 20000) g;
+         CREATE INDEX events_user ON events (user_id);
+         CREATE VIEW per_user AS SELECT user_id, count(*) FROM events GROUP BY user_id;
+         CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS $$ SELECT 42 $$;
+         SELECT lo_from_bytea(0, '\\x00ff');",
+    );
+}
+
+struct Setup {
+    scratch: Scratch,
+    gpg: Gpg,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let scratch = Scratch::new();
+        let gpg = Gpg::new();
+        gpg.export_public(&scratch.path("backup.pub.asc"));
+        std::fs::create_dir_all(scratch.path("keys")).unwrap();
+        gpg.export_secret(&scratch.path("keys/backup.sec.asc"));
+        std::fs::create_dir_all(scratch.path("spool")).unwrap();
+        Setup { scratch, gpg }
+    }
+
+    fn config(&self, pg: &Pg, s3: Option<&Moto>, drill_from: &str, extra: &str) -> PathBuf {
+        let mut body = format!(
+            "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"{}\"\n\n",
+            self.scratch.path("fs").display()
+        );
+        let mut names = vec!["\"local\""];
+        if let Some(m) = s3 {
+            let id = self.scratch.secret("secrets/s3.id", "test");
+            let secret = self.scratch.secret("secrets/s3.secret", "test");
+            body += &format!(
+                "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{}\"\nbucket = \"drill\"\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\n",
+                m.endpoint(),
+                id.display(),
+                secret.display()
+            );
+            names.push("\"s3\"");
+        }
+        body += &format!(
+            "[backup]\nconnection = \"{}\"\ndestinations = [{}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\n\
+             [restore_drill]\ndestination = \"{drill_from}\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n{extra}\n",
+            pg.conninfo(),
+            names.join(", "),
+            self.scratch.path("backup.pub.asc").display(),
+            self.scratch.path("keys/backup.sec.asc").display(),
+            self.scratch.path("spool").display(),
+        );
+        self.scratch.config(&body)
+    }
+
+    /// Nothing left behind: no drill dir in the spool, no postgres running from it.
+    fn assert_clean(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.scratch.path("spool"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "drill dirs left behind: {left:?}");
+        let spool = self.scratch.path("spool").display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                assert!(!cmd.contains(&spool), "process left running: {cmd}");
+            }
+        }
+    }
+
+    fn backup_dir(&self) -> PathBuf {
+        let d = self.scratch.path("fs/test-host/postgres/app");
+        std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+    }
+}
+
+fn drill(cfg: &Path) -> (Option<i32>, Value, String) {
+    let out = support::agent(cfg, &["--json", "restore-drill"]);
+    let text = support::text(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), v, text)
+}
+
+#[test]
+fn backup_then_drill_from_s3_passes_every_check_and_reports_rto() {
+    let pg = Pg::start();
+    seed(&pg);
+    let moto = Moto::start();
+    moto.bucket("drill", false);
+    let s = Setup::new();
+    let cfg = s.config(
+        &pg,
+        Some(&moto),
+        "s3",
+        "probes = [\"app: SELECT count(*) = 3 FROM users\", \"SELECT answer() = 42\"]",
+    );
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+
+    let (code, rec, text) = drill(&cfg);
+    assert_eq!(code, Some(0), "{text}");
+    let checks = rec["result"]["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["database"] == "app")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "schema_fingerprint",
+            "row_counts",
+            "pg_amcheck",
+            "probe_1",
+            "probe_2"
+        ],
+        "{rec:#}"
+    );
+    assert!(checks.iter().all(|c| c["ok"] == true), "{rec:#}");
+    let rto = rec["result"]["rto_seconds"].as_f64().unwrap();
+    assert!(rto > 0.0);
+    for p in ["download", "decrypt", "restore", "checks"] {
+        assert!(
+            rec["result"]["phases"][p].as_f64().is_some(),
+            "phase {p}: {rec:#}"
+        );
+    }
+    let prom = s.scratch.prom();
+    assert!(
+        prom.contains("cloudnx_restore_drill_last_rto_seconds "),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("cloudnx_restore_drill_last_phase_seconds{phase=\"restore\"}"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("cloudnx_job_last_status{kind=\"restore-drill\"} 1"),
+        "{prom}"
+    );
+    s.assert_clean();
+}
+
+#[test]
+fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
+    let pg = Pg::start();
+    seed(&pg);
+    let s = Setup::new();
+    let cfg = s.config(&pg, None, "local", "");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let dir = s.backup_dir();
+    let object = dir.join("app.dump.pgp");
+    let manifest = dir.join("manifest.json");
+    let pristine = (
+        std::fs::read(&object).unwrap(),
+        std::fs::read(&manifest).unwrap(),
+    );
+    let m: Value = serde_json::from_slice(&pristine.1).unwrap();
+    let restore = || {
+        std::fs::write(&object, &pristine.0).unwrap();
+        std::fs::write(&manifest, &pristine.1).unwrap();
+    };
+    let set_manifest = |f: &dyn Fn(&mut Value)| {
+        let mut v = m.clone();
+        f(&mut v);
+        std::fs::write(&manifest, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+
+    // Sanity: the pristine backup drills green.
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(0), "{text}");
+
+    // One flipped byte.
+    let mut b = pristine.0.clone();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x01;
+    std::fs::write(&object, &b).unwrap();
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("download phase") && text.contains("damaged or was replaced"),
+        "{text}"
+    );
+    s.assert_clean();
+    restore();
+
+    // Truncated.
+    std::fs::write(&object, &pristine.0[..pristine.0.len() / 3]).unwrap();
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("download phase") && text.contains("damaged"),
+        "{text}"
+    );
+    s.assert_clean();
+    restore();
+
+    // A flipped byte with a manifest that matches it: the OpenPGP integrity check catches it.
+    let mut b = pristine.0.clone();
+    let last = b.len() - 10;
+    b[last] ^= 0x01;
+    std::fs::write(&object, &b).unwrap();
+    set_manifest(&|v| {
+        v["sha256"] = Value::from(hex(&Sha256::digest(&b)));
+    });
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("decrypt phase"), "{text}");
+    s.assert_clean();
+    restore();
+
+    // Wrong decryption key.
+    let other = Gpg::new();
+    other.export_secret(&s.scratch.path("keys/backup.sec.asc"));
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("decrypt phase") && text.contains("decrypting"),
+        "{text}"
+    );
+    s.assert_clean();
+    s.gpg.export_secret(&s.scratch.path("keys/backup.sec.asc"));
+
+    // A manifest whose row count differs from what was dumped.
+    set_manifest(&|v| v["row_counts"]["public.events"] = Value::from(19_999));
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("row_counts")
+            && text.contains("public.events: restored 20000, manifest 19999"),
+        "{text}"
+    );
+    s.assert_clean();
+
+    // A manifest whose schema fingerprint differs.
+    set_manifest(&|v| v["schema_sha256"] = Value::from("0".repeat(64)));
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("schema_fingerprint"), "{text}");
+    s.assert_clean();
+    restore();
+
+    // A dump pg_restore rejects (well encrypted, consistent manifest, broken content).
+    let plain = b"PGDMP\x01\x0e\x00this is not a dump".to_vec();
+    s.gpg.encrypt(&plain, &object);
+    let forged = std::fs::read(&object).unwrap();
+    set_manifest(&|v| {
+        v["sha256"] = Value::from(hex(&Sha256::digest(&forged)));
+        v["size_bytes"] = Value::from(forged.len());
+        v["plaintext_sha256"] = Value::from(hex(&Sha256::digest(&plain)));
+        v["plaintext_size_bytes"] = Value::from(plain.len());
+    });
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("restore phase") && text.contains("pg_restore of app failed"),
+        "{text}"
+    );
+    s.assert_clean();
+    let prom = s.scratch.prom();
+    assert!(
+        prom.contains("cloudnx_job_last_status{kind=\"restore-drill\"} 0"),
+        "{prom}"
+    );
+    let outbox = std::fs::read_dir(s.scratch.path("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect::<Vec<_>>();
+    let events: String = outbox
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("outbox"))
+        .map(|p| {
+            if p.is_dir() {
+                std::fs::read_dir(p)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect::<String>()
+            } else {
+                std::fs::read_to_string(p).unwrap_or_default()
+            }
+        })
+        .collect();
+    assert!(
+        events.contains("\"page\"") && events.contains("restore-drill"),
+        "a page-severity event is queued: {outbox:?}"
+    );
+}
+
+#[test]
+fn sigterm_midway_through_a_drill_leaves_no_process_and_no_temp_dir() {
+    let pg = Pg::start();
+    seed(&pg);
+    let s = Setup::new();
+    let cfg = s.config(&pg, None, "local", "");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+
+    let child = std::process::Command::new(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("restore-drill")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the throwaway cluster's postmaster runs from the spool dir.
+    let spool = s.scratch.path("spool").display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    'wait: loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains("bin/postgres") && cmd.contains(&spool) {
+                    break 'wait;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the throwaway cluster never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert!(
+        support::text(&out).contains("cancelled"),
+        "{}",
+        support::text(&out)
+    );
+    s.assert_clean();
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,125 @@
+//! A GnuPG home with one fresh key, the OpenPGP peer that must open backups.
+//! The agent is stopped and the home removed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A temporary GnuPG home with a key pair.
+pub struct Gpg {
+    home: tempfile::TempDir,
+    /// Primary key fingerprint.
+    pub fingerprint: String,
+}
+
+impl Gpg {
+    /// Generate a key (future-default: ed25519 + cv25519 encryption subkey).
+    pub fn new() -> Gpg {
+        super::require("gpg");
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::Builder::new()
+            .prefix("cnx-gpg-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut g = Gpg {
+            home,
+            fingerprint: String::new(),
+        };
+        g.run(&[
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "backup@cloudnx.test",
+            "future-default",
+            "default",
+            "never",
+        ]);
+        let out = g.run(&["--batch", "--with-colons", "--list-keys"]);
+        let fpr = String::from_utf8_lossy(&out)
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("a fingerprint")
+            .to_owned();
+        g.fingerprint = fpr;
+        g
+    }
+
+    fn run(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpg {args:?}: {}", super::text(&out));
+        out.stdout
+    }
+
+    /// Write the armored public key to `path`.
+    pub fn export_public(&self, path: &Path) -> PathBuf {
+        let out = self.run(&["--batch", "--armor", "--export", &self.fingerprint]);
+        std::fs::write(path, out).unwrap();
+        path.to_owned()
+    }
+
+    /// Write the armored secret key (no passphrase) to `path`, mode 0600.
+    pub fn export_secret(&self, path: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let out = self.run(&[
+            "--batch",
+            "--armor",
+            "--export-secret-keys",
+            &self.fingerprint,
+        ]);
+        std::fs::write(path, out).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_owned()
+    }
+
+    /// Encrypt bytes to this key the way an operator would (for forged backups in tests).
+    pub fn encrypt(&self, plain: &[u8], out: &Path) {
+        let input = out.with_extension("plain");
+        std::fs::write(&input, plain).unwrap();
+        self.run(&[
+            "--batch",
+            "--yes",
+            "--trust-model",
+            "always",
+            "--compress-algo",
+            "none",
+            "-r",
+            &self.fingerprint,
+            "-o",
+            out.to_str().unwrap(),
+            "--encrypt",
+            input.to_str().unwrap(),
+        ]);
+        std::fs::remove_file(input).unwrap();
+    }
+
+    /// `gpg --decrypt` a file; the plaintext bytes.
+    pub fn decrypt(&self, path: &Path) -> Vec<u8> {
+        self.run(&["--batch", "--quiet", "--decrypt", path.to_str().unwrap()])
+    }
+
+    /// `gpg --verbose --list-packets` of a file (to check the message structure).
+    pub fn list_packets(&self, path: &Path) -> String {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--verbose", "--list-packets"])
+            .arg(path)
+            .output()
+            .unwrap();
+        super::text(&out)
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
