@@ -64,7 +64,7 @@ fn status_line(runner: &Runner) -> String {
 async fn publish_schedule(runner: &Runner) -> anyhow::Result<()> {
     let store = runner.metrics();
     let update = schedule_metrics(runner);
-    tokio::task::spawn_blocking(move || store.apply(&update)).await??;
+    store.apply_async(update).await?;
     for (k, t) in runner.next_fires(Utc::now()) {
         tracing::info!(kind = %k, "next {k} run at {} ({})", t.to_rfc3339(), t.with_timezone(&runner.config().timezone).format("%Y-%m-%d %H:%M %Z"));
     }
