@@ -737,3 +737,58 @@ fn sigv4_is_accepted_by_a_checking_server_and_a_wrong_secret_fails_without_manif
         );
     }
 }
+
+#[test]
+fn killed_pg_dump_aborts_the_s3_multipart_upload_and_stores_nothing() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE big");
+    pg.psql("big", "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g*3)::text) || md5((g*5)::text) AS h FROM generate_series(1, 1500000) g");
+    let moto = Moto::start();
+    moto.bucket(BUCKET, true);
+    let s = setup();
+    let cfg = s.config(
+        &pg.conninfo(),
+        Some((&moto.endpoint(), 1)),
+        "databases = [\"big\"]\nglobals = false\ncompression_level = 9",
+    );
+    let child = std::process::Command::new(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("backup")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dump_pid = wait_for_child(child.id(), "pg_dump");
+    // Wait until the multipart upload exists on the server, then kill the dump.
+    let uploads = || {
+        moto.py(&format!(
+            "print(len(s3.list_multipart_uploads(Bucket='{BUCKET}').get('Uploads', [])))"
+        ))
+        .trim()
+        .parse::<usize>()
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while uploads() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no multipart upload started within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dump_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert_eq!(uploads(), 0, "the multipart upload was aborted");
+    assert!(
+        moto.keys(BUCKET).is_empty(),
+        "no object and no manifest: {:?}",
+        moto.keys(BUCKET)
+    );
+    assert!(s.manifests("big").is_empty());
+}
