@@ -425,7 +425,6 @@ fn deb_ships_binary_units_config_docs_and_is_lintian_clean() {
         "./usr/lib/systemd/system/cloudnx-agent-luks-helper.socket",
         "./usr/lib/systemd/system/cloudnx-agent-luks-helper@.service",
         "./usr/lib/sysusers.d/cloudnx-agent.conf",
-        "./usr/lib/tmpfiles.d/cloudnx-agent.conf",
         "./usr/share/man/man8/cloudnx-agent.8.gz",
         "./usr/share/bash-completion/completions/cloudnx-agent",
         "./usr/share/zsh/vendor-completions/_cloudnx-agent",
