@@ -145,7 +145,10 @@ fn privileged_helper_exposure_is_at_most_2_0() {
     // Root with CAP_SYS_ADMIN, but read-only, no network, device cgroup:
     // 1.5 is what it scores (docs/benchmarks.md); keep it from creeping up.
     let e = exposure("cloudnx-agent-luks-helper@.service");
-    assert!(e <= 2.0, "cloudnx-agent-luks-helper@.service exposure {e} > 2.0");
+    assert!(
+        e <= 2.0,
+        "cloudnx-agent-luks-helper@.service exposure {e} > 2.0"
+    );
 }
 
 #[test]
