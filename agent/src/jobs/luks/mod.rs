@@ -217,9 +217,17 @@ async fn check_volume(
     changed: &mut bool,
 ) -> VolumeReport {
     let access = helper::Access::for_process(cfg);
-    let header = helper::inspect(&access, vol)
-        .await
-        .unwrap_or_else(|e| HeaderState::Unreadable(format!("{e:#}")));
+    let header = match helper::inspect(&access, vol).await {
+        Ok(h) => h,
+        Err(e) => {
+            // A missing or refusing helper is a setup fault, not the volume's:
+            // name it (and its fix) in the job error too.
+            if matches!(access, helper::Access::Helper(_)) {
+                errors.push(format!("{e:#}"));
+            }
+            HeaderState::Unreadable(format!("{e:#}"))
+        }
+    };
     let mut backup = None;
     if let HeaderState::Luks(h) = &header {
         match headers::ensure_backup(&access, &cfg.header_backup_dir, vol, h).await {
