@@ -178,7 +178,7 @@ fn helper_refuses_unknown_volumes_and_malformed_or_oversized_requests() {
     let cfg = config(&s, "root", &volume("good", &good, ""), None);
     let big = format!(
         "{{\"action\":\"inspect\",\"volume\":\"{}\"}}\n",
-        "x".repeat(5000)
+        "x".repeat(300_000)
     );
     let cases: [(&[u8], &str); 5] = [
         (&request("inspect", "other"), "request: no volume \"other\""),
@@ -385,5 +385,52 @@ fn unprivileged_luks_check_without_the_helper_says_how_to_fix_it() {
         err.contains(&format!("asking the LUKS helper on {}", sock.display()))
             && err.contains("is cloudnx-agent-luks-helper.socket enabled?"),
         "{err}"
+    );
+}
+
+#[test]
+fn helper_refuses_a_peer_that_is_neither_root_nor_the_agent_user() {
+    let setpriv = support::require("setpriv");
+    let s = Scratch::new();
+    let (good, _, _) = images(&s);
+    let vols = volume("good", &good, "");
+    let sock = s.path("helper.sock");
+    // The helper's configuration: its state_dir belongs to root, not to nobody.
+    let helper_cfg = config(&s, "root", &vols, None);
+    std::fs::create_dir_all(s.path("root-state")).unwrap();
+    let cfg = config(&s, "nobody", &vols, Some(&sock));
+    for d in ["nobody-state", "nobody-metrics"] {
+        std::fs::create_dir_all(s.path(d)).unwrap();
+        nix::unistd::chown(
+            &s.path(d),
+            Some(nix::unistd::Uid::from_raw(NOBODY)),
+            Some(nix::unistd::Gid::from_raw(NOBODY)),
+        )
+        .unwrap();
+    }
+    let activation = SocketActivation::start(&sock, &helper_cfg);
+    let o = Command::new(&setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--json", "luks-check"])
+        .output()
+        .unwrap();
+    assert!(activation.finish() >= 1, "the helper was never asked");
+    assert_eq!(o.status.code(), Some(1), "{}", support::text(&o));
+    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("peer: uid 65534 may not use the LUKS helper"),
+        "{err}"
+    );
+    assert!(
+        !s.path("nobody-state/luks-headers").exists()
+            || std::fs::read_dir(s.path("nobody-state/luks-headers"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "a refused peer got a header backup"
     );
 }

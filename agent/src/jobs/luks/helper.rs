@@ -31,6 +31,8 @@ use std::time::Duration;
 
 /// Largest request line accepted (the real ones are under 200 bytes).
 pub const MAX_REQUEST: usize = 4096;
+/// How much of an oversized request line the helper reads and drops.
+const DRAIN_LIMIT: u64 = 1 << 20;
 /// How long the helper waits for the request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent waits for an answer (an open derives an Argon2 key).
@@ -261,8 +263,11 @@ async fn handle(flag: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
     let path = crate::config::resolve_path(flag);
     let config = crate::config::load(&path)
         .map_err(|p| anyhow::anyhow!("configuration: {} is invalid: {p}", path.display()))?;
+    // Read the request before judging the peer: closing a socket with unread
+    // data resets it, and the refusal would never reach the caller.
+    let req = read_request();
     check_peer(&config.state_dir)?;
-    let req = read_request()?;
+    let req = req?;
     let Some(cfg) = config.luks.as_ref() else {
         anyhow::bail!("configuration: {} has no [luks] section", path.display());
     };
@@ -366,11 +371,18 @@ fn read_request() -> anyhow::Result<Request> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let r = std::io::stdin()
-            .lock()
+        let mut stdin = std::io::stdin().lock();
+        let r = (&mut stdin)
             .take(MAX_REQUEST as u64 + 1)
-            .read_to_end_or_newline(&mut buf)
-            .map(|()| buf);
+            .read_to_end_or_newline(&mut buf);
+        if r.is_ok() && buf.len() > MAX_REQUEST && !buf.contains(&b'\n') {
+            // Swallow the rest of an oversized line (bounded): exiting with
+            // unread data would reset the socket and lose the refusal.
+            let _ = (&mut stdin)
+                .take(DRAIN_LIMIT)
+                .read_to_end_or_newline(&mut Vec::new());
+        }
+        let r = r.map(|()| buf);
         let _ = tx.send(r);
     });
     let buf = match rx.recv_timeout(READ_TIMEOUT) {
