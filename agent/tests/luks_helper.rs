@@ -256,6 +256,32 @@ impl SocketActivation {
     }
 }
 
+/// The unprivileged agent's state and metrics directories, owned by nobody.
+fn nobody_dirs(s: &Scratch) {
+    for d in ["nobody-state", "nobody-metrics"] {
+        std::fs::create_dir_all(s.path(d)).unwrap();
+        nix::unistd::chown(
+            &s.path(d),
+            Some(nix::unistd::Uid::from_raw(NOBODY)),
+            Some(nix::unistd::Gid::from_raw(NOBODY)),
+        )
+        .unwrap();
+    }
+}
+
+/// `luks-check --json` as nobody (no groups, no capabilities).
+fn check_as_nobody(cfg: &Path) -> std::process::Output {
+    Command::new(support::require("setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(support::agent_bin())
+        .arg("--config")
+        .arg(cfg)
+        .args(["--json", "luks-check"])
+        .env_remove("CLOUDNX_AGENT_CONFIG")
+        .output()
+        .unwrap()
+}
+
 /// The comparable part of a job record: per volume its failed checks, header
 /// and whether a backup was written.
 fn checks(rec: &serde_json::Value) -> BTreeMap<String, (serde_json::Value, serde_json::Value)> {
@@ -274,7 +300,6 @@ fn checks(rec: &serde_json::Value) -> BTreeMap<String, (serde_json::Value, serde
 
 #[test]
 fn unprivileged_luks_check_through_the_helper_reports_what_a_root_run_reports() {
-    let setpriv = support::require("setpriv");
     let s = Scratch::new();
     let (good, weak, _) = images(&s);
     let vols = volume("good", &good, "") + &volume("weak", &weak, "");
@@ -286,15 +311,7 @@ fn unprivileged_luks_check_through_the_helper_reports_what_a_root_run_reports() 
     assert_eq!(root["state"], "failed", "{}", support::text(&o));
 
     let cfg = config(&s, "nobody", &vols, Some(&sock));
-    for d in ["nobody-state", "nobody-metrics"] {
-        std::fs::create_dir_all(s.path(d)).unwrap();
-        nix::unistd::chown(
-            &s.path(d),
-            Some(nix::unistd::Uid::from_raw(NOBODY)),
-            Some(nix::unistd::Gid::from_raw(NOBODY)),
-        )
-        .unwrap();
-    }
+    nobody_dirs(&s);
     // The unprivileged agent cannot open the images itself.
     assert!(
         std::fs::metadata(s.path("disks"))
@@ -305,15 +322,7 @@ fn unprivileged_luks_check_through_the_helper_reports_what_a_root_run_reports() 
             == 0
     );
     let activation = SocketActivation::start(&sock, &cfg);
-    let o = Command::new(&setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(support::agent_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--json", "luks-check"])
-        .env_remove("CLOUDNX_AGENT_CONFIG")
-        .output()
-        .unwrap();
+    let o = check_as_nobody(&cfg);
     let helpers = activation.finish();
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", support::text(&o)));
@@ -352,28 +361,12 @@ fn unprivileged_luks_check_through_the_helper_reports_what_a_root_run_reports() 
 
 #[test]
 fn unprivileged_luks_check_without_the_helper_says_how_to_fix_it() {
-    let setpriv = support::require("setpriv");
     let s = Scratch::new();
     let (good, _, _) = images(&s);
     let sock = s.path("absent.sock");
     let cfg = config(&s, "nobody", &volume("good", &good, ""), Some(&sock));
-    for d in ["nobody-state", "nobody-metrics"] {
-        std::fs::create_dir_all(s.path(d)).unwrap();
-        nix::unistd::chown(
-            &s.path(d),
-            Some(nix::unistd::Uid::from_raw(NOBODY)),
-            Some(nix::unistd::Gid::from_raw(NOBODY)),
-        )
-        .unwrap();
-    }
-    let o = Command::new(&setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(support::agent_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--json", "luks-check"])
-        .output()
-        .unwrap();
+    nobody_dirs(&s);
+    let o = check_as_nobody(&cfg);
     assert_eq!(o.status.code(), Some(1), "{}", support::text(&o));
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let err = rec["error"].as_str().unwrap();
@@ -390,7 +383,6 @@ fn unprivileged_luks_check_without_the_helper_says_how_to_fix_it() {
 
 #[test]
 fn helper_refuses_a_peer_that_is_neither_root_nor_the_agent_user() {
-    let setpriv = support::require("setpriv");
     let s = Scratch::new();
     let (good, _, _) = images(&s);
     let vols = volume("good", &good, "");
@@ -399,24 +391,9 @@ fn helper_refuses_a_peer_that_is_neither_root_nor_the_agent_user() {
     let helper_cfg = config(&s, "root", &vols, None);
     std::fs::create_dir_all(s.path("root-state")).unwrap();
     let cfg = config(&s, "nobody", &vols, Some(&sock));
-    for d in ["nobody-state", "nobody-metrics"] {
-        std::fs::create_dir_all(s.path(d)).unwrap();
-        nix::unistd::chown(
-            &s.path(d),
-            Some(nix::unistd::Uid::from_raw(NOBODY)),
-            Some(nix::unistd::Gid::from_raw(NOBODY)),
-        )
-        .unwrap();
-    }
+    nobody_dirs(&s);
     let activation = SocketActivation::start(&sock, &helper_cfg);
-    let o = Command::new(&setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(support::agent_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--json", "luks-check"])
-        .output()
-        .unwrap();
+    let o = check_as_nobody(&cfg);
     assert!(activation.finish() >= 1, "the helper was never asked");
     assert_eq!(o.status.code(), Some(1), "{}", support::text(&o));
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
