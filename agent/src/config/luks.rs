@@ -12,6 +12,7 @@ use std::path::PathBuf;
 pub struct RawLuks {
     schedule: Opt<String>,
     header_backup_dir: Opt<PathBuf>,
+    helper_socket: Opt<PathBuf>,
     data_paths: Opt<Vec<PathBuf>>,
     policy: Option<RawPolicy>,
     #[serde(default)]
@@ -47,6 +48,9 @@ pub struct LuksConfig {
     pub schedule: Schedule,
     /// Where header backups go (0700; files 0400).
     pub header_backup_dir: PathBuf,
+    /// The privileged LUKS helper's socket, asked when the agent is not root
+    /// (docs/adr/0008-privileges.md).
+    pub helper_socket: PathBuf,
     /// Paths under which any mounted filesystem must be on a dm-crypt mapping.
     pub data_paths: Vec<PathBuf>,
     /// What every volume must satisfy.
@@ -92,6 +96,7 @@ impl RawLuks {
     pub fn check(&self, c: &mut Check) {
         check_cron(c, &self.schedule);
         check_abs(c, "header_backup_dir", &self.header_backup_dir);
+        check_abs(c, "helper_socket", &self.helper_socket);
         for v in &self.volumes {
             if let Some(n) = &v.name {
                 // dm names: at most 127 bytes, no '/', and a name that is also
@@ -137,7 +142,7 @@ impl RawLuks {
 
     /// Merge a later fragment over this one (volumes merge by name).
     pub fn merge(&mut self, o: RawLuks) {
-        merge_fields!(self, o; schedule, header_backup_dir, data_paths);
+        merge_fields!(self, o; schedule, header_backup_dir, helper_socket, data_paths);
         match (&mut self.policy, o.policy) {
             (Some(p), Some(q)) => {
                 merge_fields!(p, q; luks_version, cipher, key_bits, pbkdf, max_keyslots)
@@ -201,6 +206,10 @@ impl RawLuks {
         Some(LuksConfig {
             schedule,
             header_backup_dir: or(self.header_backup_dir, state_dir.join("luks-headers")),
+            helper_socket: or(
+                self.helper_socket,
+                PathBuf::from("/run/cloudnx-agent-luks-helper.sock"),
+            ),
             data_paths: or(self.data_paths, vec![]),
             policy,
             volumes,

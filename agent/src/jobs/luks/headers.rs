@@ -4,7 +4,9 @@
 //! passphrase still opens the volume), so it is never group/other readable,
 //! and it only gets its final name once complete and synced.
 
-use super::inspect::{self, Inspection};
+use super::helper::{self, Access};
+use super::inspect::Inspection;
+use crate::config::LuksVolume;
 use anyhow::Context;
 use serde::Serialize;
 use std::os::unix::fs::PermissionsExt;
@@ -73,10 +75,12 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("syncing {}", dir.display()))
 }
 
-/// Back up the header of `device` unless a backup of this exact header exists.
+/// Back up the header of `vol` unless a backup of this exact header exists
+/// (read in-process or through the helper, per `access`; written here).
 pub async fn ensure_backup(
+    access: &Access,
     dir: &Path,
-    device: &Path,
+    vol: &LuksVolume,
     h: &Inspection,
 ) -> anyhow::Result<BackupReport> {
     let d = dir.to_owned();
@@ -108,7 +112,7 @@ pub async fn ensure_backup(
         }
         _ => {}
     }
-    let written = inspect::header_backup(device.to_owned(), tmp.clone()).await?;
+    let written = helper::header_backup(access, vol, tmp.clone()).await?;
     let dir2 = dir.to_owned();
     let uuid = h.uuid.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<BackupReport> {

@@ -91,7 +91,7 @@ fn errno(e: &LibcryptErr) -> Option<i32> {
 }
 
 /// One keyslot's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotState {
     /// Holds the volume key.
@@ -101,7 +101,7 @@ pub enum SlotState {
 }
 
 /// The PBKDF of a keyslot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Pbkdf {
     /// `pbkdf2`, `argon2i` or `argon2id`.
     pub kind: String,
@@ -116,7 +116,7 @@ pub struct Pbkdf {
 }
 
 /// An in-use keyslot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Keyslot {
     /// Slot number.
     pub slot: u32,
@@ -127,7 +127,7 @@ pub struct Keyslot {
 }
 
 /// A LUKS2 token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Token {
     /// Token id.
     pub id: u32,
@@ -138,7 +138,7 @@ pub struct Token {
 }
 
 /// Everything the policy looks at in a LUKS header.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Inspection {
     /// 1 or 2.
     pub luks_version: u8,
@@ -162,8 +162,9 @@ pub struct Inspection {
     pub tokens: Vec<Token>,
 }
 
-/// What is at a configured device path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What is at a configured device path (serialised as the helper's `inspect` answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "state", content = "detail", rename_all = "snake_case")]
 pub enum HeaderState {
     /// Nothing at that path.
     Missing(String),
@@ -175,7 +176,7 @@ pub enum HeaderState {
     Luks(Box<Inspection>),
 }
 
-fn read_binary_header(path: &Path) -> anyhow::Result<BinaryHeader> {
+pub(crate) fn read_binary_header(path: &Path) -> anyhow::Result<BinaryHeader> {
     let mut buf = Vec::with_capacity(READ_LEN);
     std::fs::File::open(path)
         .and_then(|f| f.take(READ_LEN as u64).read_to_end(&mut buf))

@@ -2,7 +2,8 @@
 //! re-open a closed volume that has a keyfile, back up changed headers, and
 //! report drift.
 //!
-//! Per volume: [`inspect`] the header (libcryptsetup, one thread) → back up
+//! Per volume: [`inspect`] the header (libcryptsetup, one thread; through the
+//! privileged [`helper`] when the agent is not root) → back up
 //! the header if this version is new ([`headers`]) → read the mapping and
 //! mount from sysfs/mountinfo ([`live`]) → [`repair`] a closed keyed volume →
 //! [`policy`] names every failed check → [`drift`] decides what is new. Then
@@ -11,6 +12,7 @@
 
 pub mod drift;
 pub mod headers;
+pub mod helper;
 pub mod inspect;
 pub mod live;
 pub mod ondisk;
@@ -214,12 +216,21 @@ async fn check_volume(
     errors: &mut Vec<String>,
     changed: &mut bool,
 ) -> VolumeReport {
-    let header = inspect::inspect(vol.device.clone())
-        .await
-        .unwrap_or_else(|e| HeaderState::Unreadable(format!("{e:#}")));
+    let access = helper::Access::for_process(cfg);
+    let header = match helper::inspect(&access, vol).await {
+        Ok(h) => h,
+        Err(e) => {
+            // A missing or refusing helper is a setup fault, not the volume's:
+            // name it (and its fix) in the job error too.
+            if matches!(access, helper::Access::Helper(_)) {
+                errors.push(format!("{e:#}"));
+            }
+            HeaderState::Unreadable(format!("{e:#}"))
+        }
+    };
     let mut backup = None;
     if let HeaderState::Luks(h) = &header {
-        match headers::ensure_backup(&cfg.header_backup_dir, &vol.device, h).await {
+        match headers::ensure_backup(&access, &cfg.header_backup_dir, vol, h).await {
             Ok(b) => {
                 if b.written {
                     *changed = true;
@@ -241,6 +252,7 @@ async fn check_volume(
     };
     let mut live = snap.as_ref().and_then(live_of);
     let repair = repair::attempt(
+        &access,
         vol,
         &header,
         live.as_ref().map(|l| &l.mapping),

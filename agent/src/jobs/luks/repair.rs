@@ -71,8 +71,10 @@ pub enum Attempt {
     Failed(String),
 }
 
-/// Open `vol` with its keyfile when it is configured, LUKS, closed and keyed.
+/// Open `vol` with its keyfile when it is configured, LUKS, closed and keyed
+/// (in-process or through the helper, per `access`).
 pub async fn attempt(
+    access: &super::helper::Access,
     vol: &LuksVolume,
     header: &HeaderState,
     mapping: Option<&Mapping>,
@@ -81,6 +83,12 @@ pub async fn attempt(
     if let Some(why) = skip_reason(vol, header, mapping) {
         return Attempt::Skipped(why);
     }
+    super::helper::open(access, vol, sysfs).await
+}
+
+/// Open `vol` with its keyfile here and now, after checking device-mapper
+/// exists (no key is used when it does not).
+pub async fn open_now(vol: &LuksVolume, sysfs: &Path) -> Attempt {
     let Some(keyfile) = vol.keyfile.clone() else {
         return Attempt::Skipped("no keyfile configured".into());
     };
