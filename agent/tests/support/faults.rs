@@ -520,3 +520,70 @@ pub fn s3_complete_stamps(moto: &super::s3::Moto) -> Vec<String> {
     let keys = moto.keys(BUCKET);
     stamps_with_manifest(&keys.iter().map(String::as_str).collect::<Vec<_>>())
 }
+
+/// `pg_ctl restart -m fast` of the source cluster (terminates every session,
+/// a running pg_dump's included), waiting until it accepts connections again.
+pub fn restart_postgres_fast(pg: &Pg) {
+    let base = pg.sock().parent().unwrap().to_owned();
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{}/pg_ctl", super::postgres::BIN))
+        .args(["-w", "-m", "fast", "-D"])
+        .arg(base.join("data"))
+        .arg("-l")
+        .arg(base.join("log"))
+        .arg("restart")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctl restart: {}",
+        super::text(&out)
+    );
+}
+
+/// The pid of the `pg_dump` (the dump itself, with `--snapshot`) that `parent`
+/// runs; polls up to 60 s.
+pub fn wait_for_pg_dump(parent: u32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let ppid: u32 = stat[close + 2..]
+                .split(' ')
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let is_dump = cmd.split(|&b| b == 0).any(|a| a.starts_with(b"--snapshot"));
+            if ppid == parent && is_dump {
+                return e.file_name().to_str().unwrap().parse().unwrap();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pg_dump child of {parent} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run the agent under libfaketime with its clock shifted by `offset`
+/// (libfaketime's relative format, e.g. `+30d`, `-30d`).
+pub fn agent_at(offset: &str, cfg: &Path, args: &[&str]) -> std::process::Output {
+    let faketime = super::require("faketime");
+    Command::new(faketime)
+        .args(["-f", offset])
+        .arg(super::agent_bin())
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("CLOUDNX_AGENT_CONFIG")
+        .output()
+        .expect("running cloudnx-agent under faketime")
+}
