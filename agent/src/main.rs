@@ -67,6 +67,9 @@ enum AuditVerb {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cloudnx_agent::logging::init();
+    // Fault-injection builds only: fail points named in $FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

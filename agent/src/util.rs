@@ -24,3 +24,25 @@ pub fn unix_user() -> String {
         .flatten()
         .map_or_else(|| format!("uid{uid}"), |u| u.name)
 }
+
+/// A named fault point for the fault-injection tests (`agent/tests/faults_*.rs`):
+/// compiled to nothing unless the crate is built with the `failpoints` feature;
+/// then configured by the `FAILPOINTS` environment variable (the `fail` crate's
+/// syntax, e.g. `backup::before_manifest=sleep(60000)`). A configured point says
+/// on stderr that it was reached, so a test knows when to kill the process.
+#[macro_export]
+macro_rules! fault_point {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        $crate::util::fault_point_reached($name);
+        fail::fail_point!($name);
+    }};
+}
+
+/// Announce on stderr that a configured fault point was reached.
+#[cfg(feature = "failpoints")]
+pub fn fault_point_reached(name: &str) {
+    if fail::list().iter().any(|(n, _)| n == name) {
+        eprintln!("cloudnx-agent: fail point {name} reached");
+    }
+}

@@ -87,6 +87,17 @@ pub trait Destination: Send + Sync {
 
     /// Delete one object.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Deleted>>;
+
+    /// Abort uploads under `prefix` that were started and never completed nor
+    /// aborted (the agent was killed mid-upload); returns their keys. Only
+    /// called while the backup lock is held, so none of them is still live.
+    /// A filesystem destination has none: its temp files are listed objects.
+    fn abort_stale_uploads<'a>(
+        &'a self,
+        _prefix: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Open a configured destination. `max_in_flight` bounds concurrent part uploads.

@@ -550,6 +550,44 @@ impl Destination for S3Store {
         })
     }
 
+    fn abort_stale_uploads<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let text = self
+                .send_retrying(
+                    Method::GET,
+                    "",
+                    &[("uploads", ""), ("prefix", prefix)],
+                    &[],
+                    Bytes::new(),
+                )
+                .await
+                .with_context(|| format!("listing unfinished multipart uploads under {prefix}"))?
+                .text()
+                .await
+                .with_context(|| format!("listing unfinished multipart uploads under {prefix}"))?;
+            let mut aborted = Vec::new();
+            for u in xml_blocks(&text, "Upload") {
+                let (Some(key), Some(id)) = (xml_tag(u, "Key"), xml_tag(u, "UploadId")) else {
+                    continue;
+                };
+                self.send_retrying(
+                    Method::DELETE,
+                    &key,
+                    &[("uploadId", &id)],
+                    &[],
+                    Bytes::new(),
+                )
+                .await
+                .with_context(|| format!("aborting the unfinished multipart upload of {key}"))?;
+                aborted.push(key);
+            }
+            Ok(aborted)
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Deleted>> {
         Box::pin(async move {
             // In a versioned (Object Lock) bucket a plain DELETE only adds a

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+/// Fault-injection helpers (backup rig, killable agent, S3 fault proxy).
+pub mod faults;
 pub mod gpg;
 pub mod luks;
 pub mod postgres;

@@ -119,6 +119,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         results.push(env.backup_one(db, Content::Database).await);
     }
 
+    crate::fault_point!("backup::before_retention");
     // Retention and clean-up, per database and destination.
     let mut metrics = MetricsUpdate::default();
     let mut retention_log = Vec::new();
@@ -267,9 +268,8 @@ impl Env<'_> {
     }
 
     async fn backup_one(&self, database: &str, content: Content) -> DbResult {
-        let started = chrono::Utc::now();
         let clock = std::time::Instant::now();
-        let stamp = retention::stamp(started);
+        let (started, stamp) = self.free_stamp(database).await;
         let dests: Vec<DestResult> = self
             .dests
             .iter()
@@ -296,6 +296,35 @@ impl Env<'_> {
             Some(e) => tracing::error!(database, "backup failed: {e}"),
         }
         r
+    }
+
+    /// A start time whose stamp no destination holds yet for `database`: two
+    /// runs in one second, or a clock set back onto an old stamp, would
+    /// otherwise write a new object under an existing (complete) backup's
+    /// manifest. Waits for the next second while the stamp is taken.
+    async fn free_stamp(&self, database: &str) -> (chrono::DateTime<chrono::Utc>, String) {
+        let mut tries = 0;
+        loop {
+            let started = chrono::Utc::now();
+            let stamp = retention::stamp(started);
+            let mut taken = false;
+            for d in self.dests {
+                let p = self.prefix(d.name());
+                for key in [
+                    manifest::object_key(p, database, &stamp),
+                    manifest::manifest_key(p, database, &stamp),
+                ] {
+                    // An unreachable destination fails later, in its upload.
+                    taken |= matches!(d.size(&key).await, Ok(Some(_)));
+                }
+            }
+            tries += 1;
+            if !taken || tries > 10 {
+                return (started, stamp);
+            }
+            let ms = 1000 - u64::from(started.timestamp_subsec_millis().min(999));
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
     }
 
     async fn dump(
@@ -369,6 +398,7 @@ impl Env<'_> {
             }
         }
         let streamed = streamed?;
+        crate::fault_point!("backup::before_manifest");
         let finished = chrono::Utc::now();
         let m = Manifest {
             format: manifest::FORMAT.into(),
@@ -429,6 +459,20 @@ impl Env<'_> {
         now: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<(usize, Vec<serde_json::Value>)> {
         let dir = manifest::database_dir(self.prefix(dest.name()), database);
+        let mut log = Vec::new();
+        // Multipart uploads a killed run left open cost storage and are
+        // invisible to listing: abort them (this run's own are finished).
+        for key in dest.abort_stale_uploads(&dir).await? {
+            let detail = json!({
+                "destination": dest.name(), "database": database, "key": key,
+                "reason": "unfinished upload", "result": "aborted",
+            });
+            self.ctx
+                .audit("backup.upload.abort", detail.clone())
+                .await
+                .context("auditing an aborted upload")?;
+            log.push(detail);
+        }
         let objects = dest.list(&dir).await?;
         let mut stamps: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
         for o in objects {
@@ -460,7 +504,6 @@ impl Env<'_> {
             self.cfg.keep_min,
             Some(current),
         );
-        let mut log = Vec::new();
         let mut retained: BTreeSet<String> = stamps
             .iter()
             .filter(|(_, (c, _))| *c)
@@ -472,18 +515,21 @@ impl Env<'_> {
                 continue;
             }
             let keys = &stamps[&f.stamp].1;
-            // Data first, manifest last: a refused (locked) object keeps its
-            // manifest, so the backup stays complete and restorable.
+            // Manifest first (the mirror of writing it last): a run killed
+            // between two deletes leaves an incomplete leftover, never a
+            // manifest without its object. A locked manifest stops the rest;
+            // its object, locked no later than the manifest, is refused too.
             let mut ordered: Vec<&String> = keys
                 .iter()
-                .filter(|k| !k.ends_with(manifest::MANIFEST))
+                .filter(|k| k.ends_with(manifest::MANIFEST))
                 .collect();
-            ordered.extend(keys.iter().filter(|k| k.ends_with(manifest::MANIFEST)));
+            ordered.extend(keys.iter().filter(|k| !k.ends_with(manifest::MANIFEST)));
             let mut locked = false;
             for key in ordered {
                 if locked {
                     break;
                 }
+                crate::fault_point!("backup::retention_delete");
                 let r = dest.delete(key).await?;
                 let reason = if expired { "expired" } else { "incomplete" };
                 let detail = json!({

@@ -88,6 +88,7 @@ impl PartWriter {
         if self.senders.iter().all(Option::is_none) {
             return Err(std::io::Error::other("every destination failed"));
         }
+        crate::fault_point!("backup::after_part");
         self.buf.reserve(self.target());
         Ok(())
     }

@@ -30,8 +30,12 @@ impl Cluster {
                 .create(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
+        reap_stale(parent);
         let dir = parent.join(format!("drill-{}", &crate::util::new_id()[..12]));
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Whose drill this is: a later run reaps it if this process died (kill -9).
+        std::fs::write(dir.join(OWNER), std::process::id().to_string())
+            .with_context(|| format!("writing {}", dir.join(OWNER).display()))?;
         let user = if nix::unistd::geteuid().is_root() {
             let u = nix::unistd::User::from_name(run_as)
                 .ok()
@@ -141,6 +145,73 @@ async fn run(cmd: std::process::Command, what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The file in a drill dir that names the agent process owning it.
+const OWNER: &str = "agent.pid";
+
+/// Stop and remove what a drill killed with SIGKILL left under `parent`: its
+/// postmaster (still running, holding the decrypted data) and its directory
+/// (a plaintext dump in the spool). A dir is stale when the agent process named
+/// in it is gone; one without that file only when older than a minute (it may
+/// be a live drill between mkdir and writing the file).
+fn reap_stale(parent: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        let is_drill = e.file_name().to_string_lossy().starts_with("drill-");
+        if !is_drill || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let owner: Option<i32> = std::fs::read_to_string(dir.join(OWNER))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let stale = match owner {
+            Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+            None => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 60)),
+        };
+        if !stale {
+            continue;
+        }
+        tracing::warn!("removing {} left by a killed restore drill", dir.display());
+        stop_postmaster(&dir.join("data"));
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            tracing::error!("removing {}: {err}", dir.display());
+        }
+    }
+}
+
+/// Immediate shutdown (SIGQUIT) of the postmaster of `data`, if it still runs;
+/// SIGKILL after 10 s. Checks the pid really is a postgres of that data dir.
+fn stop_postmaster(data: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    else {
+        return;
+    };
+    let ours = || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*data.to_string_lossy()))
+    };
+    if !ours() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGQUIT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ours() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if ours() {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

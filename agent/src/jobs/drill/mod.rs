@@ -213,6 +213,7 @@ async fn drill(
             .with_context(|| format!("decrypting {key}"))?;
         let _ = std::fs::remove_file(&enc);
         report.add("decrypt", t);
+        crate::fault_point!("drill::after_decrypt");
         if n != m.plaintext_size_bytes || psha != m.plaintext_sha256 {
             bail!(
                 "{key}: decrypted {n} bytes with SHA-256 {psha}, the manifest says {} bytes, {}",
@@ -271,6 +272,7 @@ async fn drill(
         run_child(c, &format!("pg_restore of {}", m.database)).await?;
     }
     report.add("restore", t);
+    crate::fault_point!("drill::after_restore");
 
     report.phase = "checks";
     let t = Instant::now();
