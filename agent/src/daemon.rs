@@ -16,6 +16,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Longest the scheduler sleeps before re-reading the wall clock (clock jumps, suspend).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How often the daemon rewrites its metrics file even when nothing ran, so its
+/// mtime proves liveness to the `CloudnxMetricsStale` alert (30 min threshold).
+const METRICS_REFRESH: Duration = Duration::from_secs(300);
 /// How long running jobs get to wind down on SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
@@ -62,9 +65,7 @@ fn status_line(runner: &Runner) -> String {
 }
 
 async fn publish_schedule(runner: &Runner) -> anyhow::Result<()> {
-    let store = runner.metrics();
-    let update = schedule_metrics(runner);
-    tokio::task::spawn_blocking(move || store.apply(&update)).await??;
+    write_schedule_metrics(runner).await?;
     for (k, t) in runner.next_fires(Utc::now()) {
         tracing::info!(kind = %k, "next {k} run at {} ({})", t.to_rfc3339(), t.with_timezone(&runner.config().timezone).format("%Y-%m-%d %H:%M %Z"));
     }
@@ -84,6 +85,11 @@ fn watchdog_usec() -> Option<u64> {
         Some(Ok(pid)) if pid == std::process::id() => Some(usec),
         Some(_) => None,
     }
+}
+
+/// Re-render the metrics file with the current next-fire times.
+async fn write_schedule_metrics(runner: &Runner) -> anyhow::Result<()> {
+    runner.metrics().apply_async(schedule_metrics(runner)).await
 }
 
 /// Run the daemon until SIGTERM/SIGINT. `config` is already loaded and valid.
@@ -195,7 +201,15 @@ fn catch_up(runner: &Arc<Runner>) {
 
 async fn schedule_loop(runner: Arc<Runner>) {
     catch_up(&runner);
+    let mut published = tokio::time::Instant::now();
     loop {
+        if published.elapsed() >= METRICS_REFRESH {
+            // Also re-renders the file: a fresh mtime even on an idle host.
+            if let Err(e) = write_schedule_metrics(&runner).await {
+                tracing::error!("refreshing metrics: {e:#}");
+            }
+            published = tokio::time::Instant::now();
+        }
         let now = Utc::now();
         let next = runner.next_fires(now);
         let soonest = next.iter().map(|(_, t)| *t).min();
@@ -226,5 +240,6 @@ async fn schedule_loop(runner: Arc<Runner>) {
         }
         notify(&[NotifyState::Status(&status_line(&runner))]);
         let _ = publish_schedule(&runner).await;
+        published = tokio::time::Instant::now();
     }
 }

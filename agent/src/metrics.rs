@@ -170,6 +170,12 @@ impl MetricsStore {
         state.families.get(name)?.get(&key).copied()
     }
 
+    /// Apply an update from async code (file I/O on the blocking pool).
+    pub async fn apply_async(&self, update: MetricsUpdate) -> anyhow::Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.apply(&update)).await?
+    }
+
     /// Apply an update and re-render the exposition file, under the cross-process lock.
     pub fn apply(&self, update: &MetricsUpdate) -> anyhow::Result<()> {
         let lock = std::fs::OpenOptions::new()

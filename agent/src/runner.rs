@@ -245,8 +245,7 @@ impl Runner {
 
     /// Append an audit record (from the API or the daemon).
     pub async fn audit(&self, entry: AuditEntry) -> anyhow::Result<u64> {
-        let log = self.audit_log();
-        tokio::task::spawn_blocking(move || log.append(entry)).await?
+        self.audit_log().append_async(entry).await
     }
 
     /// Queue an event for the control plane.
@@ -258,8 +257,7 @@ impl Runner {
     ) -> anyhow::Result<()> {
         let c = self.config();
         let ev = Event::new(&c.host_id, kind, severity, data);
-        let outbox = Outbox::new(&c.state_dir);
-        tokio::task::spawn_blocking(move || outbox.push(&ev)).await?
+        Outbox::new(&c.state_dir).push_async(ev).await
     }
 
     /// Load the configuration again through the startup path; swap it in only if valid.
@@ -351,6 +349,18 @@ impl Runner {
         Some(r.clone())
     }
 
+    /// Admit a job under the configuration in force and queue its record.
+    fn prepare(
+        &self,
+        kind: JobKind,
+        trigger: &Trigger,
+    ) -> Result<(Arc<Config>, JobLock, JobRecord, CancellationToken), SubmitError> {
+        let cfg = self.config();
+        let lock = self.admit(kind, &cfg)?;
+        let (rec, cancel) = self.enqueue(kind, trigger);
+        Ok((cfg, lock, rec, cancel))
+    }
+
     /// Start a job in the background; returns its queued record at once.
     pub fn submit(
         self: &Arc<Self>,
@@ -358,9 +368,7 @@ impl Runner {
         trigger: Trigger,
         params: JobParams,
     ) -> Result<JobRecord, SubmitError> {
-        let cfg = self.config();
-        let lock = self.admit(kind, &cfg)?;
-        let (rec, cancel) = self.enqueue(kind, &trigger);
+        let (cfg, lock, rec, cancel) = self.prepare(kind, &trigger)?;
         let me = self.clone();
         let id = rec.id.clone();
         self.tasks.spawn(async move {
@@ -377,9 +385,7 @@ impl Runner {
         trigger: Trigger,
         params: JobParams,
     ) -> Result<JobRecord, SubmitError> {
-        let cfg = self.config();
-        let lock = self.admit(kind, &cfg)?;
-        let (rec, cancel) = self.enqueue(kind, &trigger);
+        let (cfg, lock, rec, cancel) = self.prepare(kind, &trigger)?;
         Ok(self
             .execute(rec.id, kind, trigger, params, cfg, cancel, lock)
             .await)
@@ -514,11 +520,7 @@ impl Runner {
             );
         }
         let store = MetricsStore::new(&cfg.state_dir, &cfg.textfile_dir, &cfg.host_id);
-        if let Err(e) = tokio::task::spawn_blocking(move || store.apply(&update))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
-        {
+        if let Err(e) = store.apply_async(update).await {
             tracing::error!(job = %id, "writing metrics: {e:#}");
         }
 
@@ -554,12 +556,7 @@ impl Runner {
                 "error": outcome.error, "summary": outcome.summary, "result": outcome.result,
             }),
         );
-        let outbox = Outbox::new(&cfg.state_dir);
-        if let Err(e) = tokio::task::spawn_blocking(move || outbox.push(&ev))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
-        {
+        if let Err(e) = Outbox::new(&cfg.state_dir).push_async(ev).await {
             tracing::error!(job = %id, "queueing the job.finished event: {e:#}");
         }
 
@@ -612,8 +609,7 @@ impl Runner {
     }
 
     async fn audit_with(&self, cfg: &Config, entry: AuditEntry) -> anyhow::Result<u64> {
-        let log = AuditLog::new(&cfg.audit);
-        tokio::task::spawn_blocking(move || log.append(entry)).await?
+        AuditLog::new(&cfg.audit).append_async(entry).await
     }
 }
 

@@ -440,27 +440,25 @@ fn disk_full_on_the_filesystem_destination_leaves_no_partial_backup_and_next_run
 fn killed_pg_dump_and_concurrent_runs_leave_no_manifest_and_the_next_run_works() {
     let pg = Pg::start();
     pg.psql("postgres", "CREATE DATABASE big");
-    // ~150 MB of poorly compressible rows, dumped at -Z9: pg_dump runs for seconds.
-    pg.psql("big", "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g*3)::text) || md5((g*5)::text) AS h FROM generate_series(1, 1500000) g");
+    pg.psql(
+        "big",
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g",
+    );
     let s = setup();
     let cfg = s.config(
         &pg.conninfo(),
         None,
-        "databases = [\"big\"]\nglobals = false\ncompression_level = 9",
+        "databases = [\"big\"]\nglobals = false\nrow_counts = false",
     );
     // A leftover from an earlier crashed run: an object without a manifest.
     let leftover = s.fs().join("test-host/postgres/big/20200101T000000Z");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("big.dump.pgp"), b"partial").unwrap();
 
-    let first = std::process::Command::new(support::agent_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("backup")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // While the test holds a lock on the table, pg_dump waits for it: alive
+    // for as long as needed, whatever the machine's speed.
+    let lock = pg.lock_table("big", "t");
+    let first = spawn_backup(&cfg);
     let dump_pid = wait_for_child(first.id(), "pg_dump");
 
     // A second one-shot while the first runs is refused, naming the holder.
@@ -496,6 +494,7 @@ fn killed_pg_dump_and_concurrent_runs_leave_no_manifest_and_the_next_run_works()
     );
 
     // The next run works and cleans the leftover (audited).
+    drop(lock);
     let out = support::agent(&cfg, &["backup"]);
     assert!(out.status.success(), "{}", support::text(&out));
     assert_eq!(s.manifests("big").len(), 1);
@@ -514,14 +513,8 @@ fn killed_pg_dump_and_concurrent_runs_leave_no_manifest_and_the_next_run_works()
 
     // SIGTERM midway (what systemd sends on stop): cancelled cleanly, nothing looks complete.
     let before = s.fs_files();
-    let third = std::process::Command::new(support::agent_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("backup")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let _lock = pg.lock_table("big", "t");
+    let third = spawn_backup(&cfg);
     wait_for_child(third.id(), "pg_dump");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(third.id()).unwrap()),
@@ -542,7 +535,20 @@ fn killed_pg_dump_and_concurrent_runs_leave_no_manifest_and_the_next_run_works()
     );
 }
 
-/// The pid of the first child of `parent` whose command is `name` (polls up to 60 s).
+/// Start `cloudnx-agent backup` in the background (output captured).
+fn spawn_backup(cfg: &Path) -> std::process::Child {
+    std::process::Command::new(support::agent_bin())
+        .arg("--config")
+        .arg(cfg)
+        .arg("backup")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The pid of the first child of `parent` whose command is `name` and whose
+/// arguments contain `--format=custom` (so not a `pg_dump --version`; polls up to 60 s).
 fn wait_for_child(parent: u32, name: &str) -> i32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -560,12 +566,9 @@ fn wait_for_child(parent: u32, name: &str) -> i32 {
                 .nth(1)
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
-            // Only the dump itself, not a short-lived `pg_dump --version` probe.
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let is_dump = cmdline
-                .split(|&b| b == 0)
-                .any(|a| a.starts_with(b"--snapshot"));
-            if comm == name && ppid == parent && is_dump {
+            let args = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let dumping = String::from_utf8_lossy(&args).contains("--format=custom");
+            if comm == name && ppid == parent && dumping {
                 return e.file_name().to_str().unwrap().parse().unwrap();
             }
         }
@@ -741,4 +744,60 @@ fn sigv4_is_accepted_by_a_checking_server_and_a_wrong_secret_fails_without_manif
             "{text}"
         );
     }
+}
+
+#[test]
+fn killed_pg_dump_aborts_the_s3_multipart_upload_and_stores_nothing() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE big");
+    pg.psql(
+        "big",
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g",
+    );
+    let moto = Moto::start();
+    moto.bucket(BUCKET, true);
+    let s = setup();
+    let cfg = s.config(
+        &pg.conninfo(),
+        Some((&moto.endpoint(), 1)),
+        "databases = [\"big\"]\nglobals = false\nrow_counts = false",
+    );
+    let _lock = pg.lock_table("big", "t");
+    let child = spawn_backup(&cfg);
+    let dump_pid = wait_for_child(child.id(), "pg_dump");
+    // Wait until the multipart upload exists on the server, then kill the dump.
+    let uploads = || {
+        moto.py(&format!(
+            "print(len(s3.list_multipart_uploads(Bucket='{BUCKET}').get('Uploads', [])))"
+        ))
+        .trim()
+        .parse::<usize>()
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while uploads() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no multipart upload started within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dump_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        killed.is_ok(),
+        "pg_dump ended before the kill: {}",
+        support::text(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert_eq!(uploads(), 0, "the multipart upload was aborted");
+    assert!(
+        moto.keys(BUCKET).is_empty(),
+        "no object and no manifest: {:?}",
+        moto.keys(BUCKET)
+    );
+    assert!(s.manifests("big").is_empty());
 }

@@ -211,11 +211,8 @@ async fn pass(runner: &Runner) {
             ts.timestamp_millis() as f64 / 1000.0,
         );
     }
-    let store = runner.metrics();
-    match tokio::task::spawn_blocking(move || store.apply(&u)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("writing the audit metrics: {e:#}"),
-        Err(e) => tracing::error!("writing the audit metrics: {e}"),
+    if let Err(e) = runner.metrics().apply_async(u).await {
+        tracing::error!("writing the audit metrics: {e:#}");
     }
 }
 

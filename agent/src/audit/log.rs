@@ -52,7 +52,13 @@ impl AuditLog {
         &self.files
     }
 
-    /// Append one record (blocking: call from `spawn_blocking` in async code).
+    /// Append from async code: the write and its fsync run on the blocking pool.
+    pub async fn append_async(&self, entry: AuditEntry) -> anyhow::Result<u64> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.append(entry)).await?
+    }
+
+    /// Append one record (blocking: from async code use [`AuditLog::append_async`]).
     /// Returns its `seq`.
     pub fn append(&self, entry: AuditEntry) -> anyhow::Result<u64> {
         self.lock()?.append(entry)

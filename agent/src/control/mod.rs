@@ -117,11 +117,8 @@ impl Shared {
 
 /// Apply a metrics update from async code, logging (not failing) on error.
 pub(crate) async fn apply_metrics(runner: &Runner, u: MetricsUpdate) {
-    let store = runner.metrics();
-    match tokio::task::spawn_blocking(move || store.apply(&u)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("writing metrics: {e:#}"),
-        Err(e) => tracing::error!("writing metrics: {e}"),
+    if let Err(e) = runner.metrics().apply_async(u).await {
+        tracing::error!("writing metrics: {e:#}");
     }
 }
 

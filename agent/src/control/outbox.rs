@@ -116,6 +116,12 @@ impl Outbox {
         }
     }
 
+    /// Append one event from async code (the fsync runs on the blocking pool).
+    pub async fn push_async(&self, ev: Event) -> anyhow::Result<()> {
+        let outbox = self.clone();
+        tokio::task::spawn_blocking(move || outbox.push(&ev)).await?
+    }
+
     /// Append one event durably (blocking; any process may call it).
     pub fn push(&self, ev: &Event) -> anyhow::Result<()> {
         let mut file = self.lock()?;

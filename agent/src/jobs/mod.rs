@@ -141,8 +141,7 @@ impl JobContext {
             detail,
             ..Default::default()
         };
-        let log = self.audit_log.clone();
-        tokio::task::spawn_blocking(move || log.append(entry)).await?
+        self.audit_log.append_async(entry).await
     }
 
     /// Queue an event for the control plane now (drift found, …).
@@ -153,8 +152,7 @@ impl JobContext {
         data: serde_json::Value,
     ) -> anyhow::Result<()> {
         let ev = Event::new(&self.config.host_id, kind, severity, data);
-        let outbox = self.outbox.clone();
-        tokio::task::spawn_blocking(move || outbox.push(&ev)).await?
+        self.outbox.push_async(ev).await
     }
 }
 

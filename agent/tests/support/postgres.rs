@@ -112,6 +112,37 @@ impl Pg {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Hold an ACCESS EXCLUSIVE lock on `table` in `db` until the guard drops:
+    /// a pg_dump that reaches the table waits, deterministically, for as long
+    /// as a test needs it alive.
+    pub fn lock_table(&self, db: &str, table: &str) -> TableLock {
+        use std::io::Write;
+        let mut child = Command::new(format!("{BIN}/psql"))
+            .args(["-X", "-q", "-h"])
+            .arg(self.sock())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;").unwrap();
+        stdin.flush().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let q = format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted");
+        while self.psql(db, &q).trim() != "1" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "could not lock {table}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        TableLock {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+
     /// `pg_restore` a custom-format dump file into `db` (created first).
     pub fn restore(&self, db: &str, dump: &Path) {
         self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
@@ -134,5 +165,18 @@ impl Drop for Pg {
             .arg(&data)
             .args(["-m", "immediate", "stop"])
             .output();
+    }
+}
+
+/// A held table lock (see [`Pg::lock_table`]); released on drop.
+pub struct TableLock {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }

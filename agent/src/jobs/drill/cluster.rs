@@ -152,21 +152,68 @@ fn free_port() -> anyhow::Result<u16> {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.started {
-            let mut stop = self.as_owner("pg_ctl");
-            stop.arg("-D")
-                .arg(self.dir.join("data"))
-                .args(["-m", "immediate", "-w", "stop"]);
-            match stop.output() {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => tracing::error!(
-                    "stopping the throwaway cluster: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => tracing::error!("stopping the throwaway cluster: {e}"),
-            }
+            self.stop_hard();
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        // A postmaster killed a moment ago may still be removing its files:
+        // retry instead of leaving the directory behind.
+        let mut last = None;
+        for _ in 0..50 {
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if let Some(e) = last {
             tracing::error!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+impl Cluster {
+    /// Stop the cluster whatever state its start reached. A cancellation can
+    /// land while `pg_ctl start` is still waiting: the postmaster is forked but
+    /// `pg_ctl stop` may not see it yet, so fall back to the pid it records.
+    fn stop_hard(&self) {
+        let data = self.dir.join("data");
+        let mut stop = self.as_owner("pg_ctl");
+        stop.arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
+        if matches!(stop.output(), Ok(o) if o.status.success()) {
+            return;
+        }
+        // Give a starting postmaster a moment to write its pid file.
+        let pid_file = data.join("postmaster.pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let pid = loop {
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            if pid.is_some() || std::time::Instant::now() > deadline {
+                break pid;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let Some(pid) = pid else {
+            tracing::warn!(
+                "the throwaway cluster in {} never recorded a postmaster pid",
+                self.dir.display()
+            );
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        // SIGQUIT is PostgreSQL's immediate shutdown; SIGKILL if it lingers.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            if std::time::Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                tracing::error!("the throwaway postmaster {pid} ignored SIGQUIT; killed");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }
