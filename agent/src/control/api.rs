@@ -328,18 +328,14 @@ fn submit(shared: &Arc<Shared>, actor: &str, rid: &str, kind: &str, body: &[u8])
             format!("unknown job kind {kind:?}; one of {kinds:?}"),
         );
     };
-    let params: JobParams = if body.iter().all(u8::is_ascii_whitespace) {
-        JobParams::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(p) => p,
-            Err(e) => {
-                return Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "api.job.submit",
-                    format!("the body is not valid job parameters for {kind}: {e}"),
-                )
-            }
+    let params = match job_params(body) {
+        Ok(p) => p,
+        Err(e) => {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                "api.job.submit",
+                format!("the body is not valid job parameters for {kind}: {e}"),
+            )
         }
     };
     let trigger = Trigger::Api {
@@ -414,6 +410,15 @@ async fn status(shared: &Arc<Shared>) -> Value {
         "outbox": {"pending": pending},
         "tls": {"serial": shared.tls().cert_serial, "not_after": shared.tls().cert_not_after},
     })
+}
+
+/// The parameters of `POST /v1/jobs/{kind}`: an empty (or all-whitespace) body means the defaults.
+pub fn job_params(body: &[u8]) -> Result<JobParams, serde_json::Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(JobParams::default())
+    } else {
+        serde_json::from_slice(body)
+    }
 }
 
 /// `after_seq` and `limit` from a query string (defaults 0 and 100).

@@ -406,20 +406,11 @@ impl PveClient {
             .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
         let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-            let message = body
-                .message
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
+            let (message, errors) = error_body(&bytes);
+            let message = message
                 .or(reason)
                 .or_else(|| status.canonical_reason().map(str::to_owned))
                 .unwrap_or_default();
-            let errors = body
-                .errors
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
-                .collect();
             return Err(PveError::Api {
                 method: m,
                 path: path.to_owned(),
@@ -428,13 +419,11 @@ impl PveClient {
                 errors,
             });
         }
-        serde_json::from_slice::<Envelope<T>>(&bytes)
-            .map(|e| e.data)
-            .map_err(|e| PveError::Decode {
-                method: m,
-                path: path.to_owned(),
-                cause: e.to_string(),
-            })
+        decode_data::<T>(&bytes).map_err(|e| PveError::Decode {
+            method: m,
+            path: path.to_owned(),
+            cause: e.to_string(),
+        })
     }
 
     /// `GET /nodes`: the cluster's nodes.
@@ -576,6 +565,28 @@ impl PveClient {
 }
 
 /// Percent-encode one path segment (UPIDs hold ':' and '!', names may hold anything).
+/// The `data` of a successful response (`{"data": …}`), typed.
+pub fn decode_data<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice::<Envelope<T>>(bytes).map(|e| e.data)
+}
+
+/// The message (trimmed, None when empty) and per-parameter errors of an error
+/// response; a body that is not the documented JSON yields neither.
+pub fn error_body(bytes: &[u8]) -> (Option<String>, BTreeMap<String, String>) {
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
+    let message = body
+        .message
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let errors = body
+        .errors
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect();
+    (message, errors)
+}
+
 fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

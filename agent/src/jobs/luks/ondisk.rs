@@ -118,6 +118,11 @@ struct RawToken {
 /// Parse a token's JSON (libcryptsetup's `crypt_token_json_get`). LUKS2 writes
 /// keyslot references as decimal strings; numbers are accepted too.
 pub fn parse_token(v: &serde_json::Value) -> Result<TokenJson, String> {
+    // serde would also read a struct from a positional array (`["clevis", ["1"]]`);
+    // libcryptsetup only ever hands out objects, so anything else is not a token.
+    if !v.is_object() {
+        return Err("token JSON: not an object".into());
+    }
     let raw = RawToken::deserialize(v).map_err(|e| format!("token JSON: {e}"))?;
     let keyslots = raw
         .keyslots
@@ -196,6 +201,15 @@ mod tests {
 
     /// (input, Ok((type, keyslots)) or Err(()) for "refused").
     type TokenCase = (&'static str, Result<(&'static str, Vec<u32>), ()>);
+
+    #[test]
+    fn token_json_that_is_not_an_object_is_refused() {
+        // Found by the luks_metadata fuzz target: a positional array used to
+        // parse as a token of type "" bound to keyslot 8.
+        assert!(parse_token_bytes(b"[ \"\",[\t\t\t8]]").is_err());
+        assert!(parse_token_bytes(b"[\"clevis\",[\"1\"]]").is_err());
+        assert!(parse_token_bytes(b"\"clevis\"").is_err());
+    }
 
     #[test]
     fn token_json_keyslots_parse_leniently() {
