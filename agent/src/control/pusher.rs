@@ -20,6 +20,10 @@ pub const BATCH: usize = 200;
 /// How often the outbox is looked at when idle (CLI one-shots append from
 /// other processes without telling the daemon).
 const POLL: Duration = Duration::from_secs(1);
+/// Without `report_url` nothing is delivered: the loop only keeps the outbox
+/// bounded and its metric current, which needs no per-second wake-ups
+/// (they were ~120 of an idle daemon's ~140 per minute).
+const IDLE_POLL: Duration = Duration::from_secs(30);
 /// Per-request deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Compact at least this often during a long backlog, so a crash repeats
@@ -186,9 +190,14 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
                 () = tokio::time::sleep(wait) => false,
             }
         } else {
+            let poll = if cp.report_url.is_some() {
+                POLL
+            } else {
+                IDLE_POLL
+            };
             tokio::select! {
                 () = token.cancelled() => true,
-                () = tokio::time::sleep(POLL) => false,
+                () = tokio::time::sleep(poll) => false,
                 () = shared.wake.notified() => false,
             }
         };
