@@ -17,6 +17,20 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
+/// node_exporter with only the textfile collector, reading `dir`, on a free port.
+fn start_exporter(ne: &std::path::Path, dir: &std::path::Path) -> (u16, std::process::Child) {
+    let port = free_port();
+    let child = Command::new(ne)
+        .args(["--collector.disable-defaults", "--collector.textfile"])
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting node_exporter");
+    (port, child)
+}
+
 /// Start the daemon until its metrics file exists, then stop it.
 fn write_metrics_with_daemon(s: &Scratch) {
     let cfg = s.config("[luks]\nschedule = \"30 2 * * *\"\n");
@@ -45,18 +59,7 @@ fn node_exporter_scrapes_the_textfile_without_errors() {
     let ne = require("prometheus-node-exporter");
     let s = Scratch::new();
     write_metrics_with_daemon(&s);
-    let port = free_port();
-    let mut exporter = Command::new(ne)
-        .args(["--collector.disable-defaults", "--collector.textfile"])
-        .arg(format!(
-            "--collector.textfile.directory={}",
-            s.path("metrics").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (port, mut exporter) = start_exporter(&ne, &s.path("metrics"));
     let deadline = Instant::now() + Duration::from_secs(15);
     let body = loop {
         if let Some(b) =
@@ -125,18 +128,7 @@ fn a_thousand_scrapes_during_continuous_rewrites_never_see_a_torn_file() {
     std::fs::create_dir_all(s.path("state")).unwrap();
     let store = MetricsStore::new(&s.path("state"), &s.path("metrics"), "torn-test");
     store.apply(&MetricsUpdate::default()).unwrap();
-    let port = free_port();
-    let mut exporter = Command::new(ne)
-        .args(["--collector.disable-defaults", "--collector.textfile"])
-        .arg(format!(
-            "--collector.textfile.directory={}",
-            s.path("metrics").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (port, mut exporter) = start_exporter(&ne, &s.path("metrics"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
