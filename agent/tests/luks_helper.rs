@@ -199,6 +199,44 @@ fn helper_refuses_unknown_volumes_and_malformed_or_oversized_requests() {
     }
 }
 
+/// The helper runs as root without CAP_DAC_OVERRIDE (its unit), so it cannot
+/// read the agent's 0700 key directory: it must judge only the files of
+/// `[luks]`, and still refuse a keyfile others can read. A refusal of the
+/// configuration reaches the caller as an answer, not as a reset connection.
+#[test]
+fn helper_checks_only_the_files_it_uses_and_answers_configuration_errors() {
+    let s = Scratch::new();
+    let (good, _, key) = images(&s);
+    // A secret of another section that check-config rejects (group-readable).
+    let cfg = config(&s, "root", &volume("good", &good, ""), None);
+    let audit_key = s.path("root-state/audit.ed25519.pem");
+    std::fs::create_dir_all(audit_key.parent().unwrap()).unwrap();
+    std::fs::write(&audit_key, "not read").unwrap();
+    std::fs::set_permissions(&audit_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = support::agent(&cfg, &["check-config"]);
+    assert_eq!(o.status.code(), Some(2), "{}", support::text(&o));
+    assert!(
+        support::text(&o).contains("signing_key_file"),
+        "{}",
+        support::text(&o)
+    );
+    let (code, a) = ask_helper(&cfg, &request("inspect", "good"));
+    assert_eq!((code, &a["ok"]), (0, &serde_json::json!(true)), "{a}");
+
+    // Its own keyfile readable by others: refused, naming the key and the fix.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = config(
+        &s,
+        "loose",
+        &volume("good", &good, &format!("keyfile = \"{}\"", key.display())),
+        None,
+    );
+    let (code, a) = ask_helper(&cfg, &request("inspect", "good"));
+    assert_eq!(code, 1, "{a}");
+    let e = a["error"].as_str().unwrap();
+    assert!(e.contains("`keyfile`") && e.contains("chmod 0600"), "{e}");
+}
+
 /// systemd's Accept=yes, played by the test: per connection on `path`, one
 /// `cloudnx-agent luks-helper --config cfg` with the connection as stdin/stdout.
 struct SocketActivation {

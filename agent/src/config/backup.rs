@@ -68,7 +68,8 @@ impl RawBackup {
         check_cron(c, &self.schedule);
         check_abs(c, "pg_bin_dir", &self.pg_bin_dir);
         if let Some(keys) = &self.encrypt_to {
-            for k in keys.get_ref() {
+            let look = c.other_files;
+            for k in keys.get_ref().iter().filter(|_| look) {
                 if let Err(e) = std::fs::metadata(k) {
                     c.err(
                         keys.span(),

@@ -60,6 +60,9 @@ pub fn check_abs(c: &mut Check, key: &str, v: &Opt<PathBuf>) {
 pub fn check_file_exists(c: &mut Check, key: &str, v: &Opt<PathBuf>) {
     if let Some(p) = v {
         check_abs(c, key, v);
+        if !c.other_files {
+            return;
+        }
         if let Err(e) = std::fs::metadata(p.get_ref()) {
             c.err(
                 p.span(),
@@ -72,6 +75,16 @@ pub fn check_file_exists(c: &mut Check, key: &str, v: &Opt<PathBuf>) {
 
 /// A secret file: must exist (unless `may_be_absent`) and be unreadable by group and other.
 pub fn check_secret(c: &mut Check, key: &str, v: &Opt<PathBuf>, may_be_absent: bool) {
+    if c.other_files {
+        check_secret_file(c, key, v, may_be_absent);
+    } else {
+        check_abs(c, key, v);
+    }
+}
+
+/// [`check_secret`] whatever `Check::other_files` says (for `[luks]`, the
+/// files the LUKS helper itself uses).
+pub fn check_secret_file(c: &mut Check, key: &str, v: &Opt<PathBuf>, may_be_absent: bool) {
     let Some(p) = v else { return };
     check_abs(c, key, v);
     match secret_file_problem(p.get_ref(), may_be_absent) {

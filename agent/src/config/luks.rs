@@ -114,7 +114,7 @@ impl RawLuks {
                     );
                 }
             }
-            check_secret(c, "keyfile", &v.keyfile, false);
+            check_secret_file(c, "keyfile", &v.keyfile, false);
             check_abs(c, "device", &v.device);
             check_abs(c, "mountpoint", &v.mountpoint);
         }

@@ -198,6 +198,17 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, Problem> {
 
 /// Load, merge and validate the configuration at `path` (plus its drop-ins).
 pub fn load(path: &Path) -> Result<Config, Problems> {
+    load_with(path, true)
+}
+
+/// [`load`] for the LUKS helper: everything is parsed and checked as usual,
+/// but of the files the configuration names only `[luks]`'s are looked at
+/// (see [`Check::other_files`]).
+pub fn load_for_luks_helper(path: &Path) -> Result<Config, Problems> {
+    load_with(path, false)
+}
+
+fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
     let mut problems = Vec::new();
     let files = files(path).map_err(|p| Problems(vec![p]))?;
     let mut merged = RawConfig::default();
@@ -225,6 +236,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 raw.check(&mut Check {
                     src: &src,
                     problems: &mut problems,
+                    other_files,
                 });
                 merged.merge(raw);
             }

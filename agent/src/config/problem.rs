@@ -121,6 +121,11 @@ pub struct Check<'a> {
     pub src: &'a Source,
     /// Problems found so far.
     pub problems: &'a mut Vec<Problem>,
+    /// Whether files named outside `[luks]` (keys, certificates, secrets) are
+    /// looked at on disk. The LUKS helper loads the configuration as root
+    /// without `CAP_DAC_OVERRIDE`, so it cannot (and need not) reach the
+    /// agent's 0700 key directory; it checks only the files it uses.
+    pub other_files: bool,
 }
 
 impl Check<'_> {

@@ -206,12 +206,18 @@ pub async fn ask(sock: &Path, action: Action, volume: &str) -> anyhow::Result<se
         s.shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("sending the request: {e}"))?;
+        // The answer is one line. Stop at its newline: a helper that exits
+        // before reading all we sent resets the connection after answering,
+        // and that reset must not throw the answer away.
         let mut buf = Vec::new();
-        (&mut s)
-            .take(MAX_ANSWER + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?;
+        let mut chunk = [0u8; 4096];
+        while !buf.contains(&b'\n') && buf.len() as u64 <= MAX_ANSWER {
+            match s.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => anyhow::bail!("reading the answer: {e}"),
+            }
+        }
         anyhow::ensure!(
             buf.len() as u64 <= MAX_ANSWER,
             "reading the answer: longer than {MAX_ANSWER} bytes"
@@ -245,6 +251,14 @@ pub async fn serve(flag: Option<PathBuf>) -> u8 {
         Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
     };
     let ok = answer["ok"] == true;
+    if !ok {
+        // The caller gets the error too; the journal keeps it for the operator
+        // (`journalctl -u 'cloudnx-agent-luks-helper@*'`).
+        eprintln!(
+            "cloudnx-agent luks-helper: {}",
+            answer["error"].as_str().unwrap_or("failed")
+        );
+    }
     let mut line = answer.to_string().into_bytes();
     line.push(b'\n');
     let mut out = std::io::stdout().lock();
@@ -260,12 +274,12 @@ pub async fn serve(flag: Option<PathBuf>) -> u8 {
 }
 
 async fn handle(flag: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
-    let path = crate::config::resolve_path(flag);
-    let config = crate::config::load(&path)
-        .map_err(|p| anyhow::anyhow!("configuration: {} is invalid: {p}", path.display()))?;
-    // Read the request before judging the peer: closing a socket with unread
-    // data resets it, and the refusal would never reach the caller.
+    // Read the request before anything can fail: closing a socket with
+    // unread data resets it, and the refusal would never reach the caller.
     let req = read_request();
+    let path = crate::config::resolve_path(flag);
+    let config = crate::config::load_for_luks_helper(&path)
+        .map_err(|p| anyhow::anyhow!("configuration: {} is invalid: {p}", path.display()))?;
     check_peer(&config.state_dir)?;
     let req = req?;
     let Some(cfg) = config.luks.as_ref() else {
