@@ -147,7 +147,7 @@ fn backup_then_drill_from_s3_passes_every_check_and_reports_rto() {
     assert!(checks.iter().all(|c| c["ok"] == true), "{rec:#}");
     let rto = rec["result"]["rto_seconds"].as_f64().unwrap();
     assert!(rto > 0.0);
-    for p in ["download", "decrypt", "restore", "checks"] {
+    for p in ["download", "decrypt", "cluster_start", "restore", "checks"] {
         assert!(
             rec["result"]["phases"][p].as_f64().is_some(),
             "phase {p}: {rec:#}"

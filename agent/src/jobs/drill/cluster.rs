@@ -116,8 +116,16 @@ impl Cluster {
             "--no-sync",
         ]);
         run(init, "initdb of the throwaway cluster").await?;
+        // A throwaway restore target: nothing here must survive a crash, so
+        // no durability (fsync, full pages, synchronous commit), WAL only as
+        // much as crash-free operation needs (wal_level=minimal lets
+        // pg_restore's TRUNCATE+COPY in one transaction skip WAL), no
+        // checkpoints during the load, larger sort memory for the index
+        // builds, no autovacuum competing with the checks, no JIT.
         let opts = format!(
-            "-c listen_addresses='' -p {} -k {} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            "-c listen_addresses='' -p {} -k {} -c fsync=off -c full_page_writes=off -c synchronous_commit=off \
+             -c wal_level=minimal -c max_wal_senders=0 -c archive_mode=off -c max_wal_size=8GB \
+             -c checkpoint_timeout=1h -c maintenance_work_mem=256MB -c autovacuum=off -c jit=off",
             self.port,
             self.sock().display()
         );
