@@ -65,6 +65,7 @@ enum AuditVerb {
 }
 
 fn main() -> ExitCode {
+    cloudnx_agent::util::tune_allocator();
     let cli = Cli::parse();
     cloudnx_agent::logging::init();
     // Fault-injection builds only: fail points named in $FAILPOINTS.

@@ -586,6 +586,7 @@ impl Runner {
         }
         drop(lock);
         self.jobs_changed.notify_one();
+        crate::util::trim_heap();
         match &outcome.error {
             None => {
                 tracing::info!(job = %id, kind = %kind, duration_s = format!("{duration:.1}"), "job succeeded: {}", outcome.summary)

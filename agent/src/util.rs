@@ -46,3 +46,30 @@ pub fn fault_point_reached(name: &str) {
         eprintln!("cloudnx-agent: fail point {name} reached");
     }
 }
+
+/// glibc malloc settings for a long-lived daemon, before any thread exists:
+/// a fixed mmap threshold (glibc otherwise raises it to the largest block
+/// freed so far, so after the first multi-MiB backup part every later part
+/// comes from the heap and its high-water mark stays resident) and at most
+/// two arenas (one per tokio worker would keep freed memory per thread).
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called from
+    // main before the runtime starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Give freed heap memory back to the kernel (after a job: its buffers are
+/// gone, and an idle daemon should not keep their pages resident).
+#[allow(unsafe_code)]
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
