@@ -132,9 +132,23 @@ pub fn decrypt<R: std::io::BufRead + std::fmt::Debug + Send, W: Write>(
     })?;
     let (msg, _) = Message::from_reader(input)
         .map_err(|e| anyhow::anyhow!("reading the OpenPGP message: {e}"))?;
-    let mut plain = msg
-        .decrypt(&pgp::types::Password::empty(), &key)
+    // Streaming SEIPD v1: rPGP's default reads the whole message into memory
+    // to check the MDC before releasing plaintext (and refuses messages over
+    // 1 GB). The plaintext goes only to the caller's private file, which is
+    // used only after this returns Ok, i.e. after the MDC verified at the end
+    // (and the caller compares its SHA-256 with the manifest's).
+    let no_password = pgp::types::Password::empty();
+    let ring = pgp::composed::TheRing {
+        secret_keys: vec![&key],
+        key_passwords: vec![&no_password],
+        decrypt_options: pgp::composed::DecryptionOptions::new()
+            .set_seipdv1_read_mode(pgp::types::Seipdv1ReadMode::Streaming),
+        ..Default::default()
+    };
+    let (mut plain, _) = msg
+        .decrypt_the_ring(ring, true)
         .map_err(|e| anyhow::anyhow!("decrypting with {}: {e}", key_path.display()))?;
+    // Reading to the end is what checks the MDC: an altered message errors here.
     let n = std::io::copy(&mut plain, &mut out).context("decrypting the backup")?;
     Ok(n)
 }

@@ -71,12 +71,12 @@ pub trait Destination: Send + Sync {
     /// Read a small object (a manifest).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Bytes>>;
 
-    /// Stream an object into a local file; returns its size and SHA-256 (hex),
-    /// computed while the bytes pass.
+    /// Stream an object into `to` (a file or a pipe's write end, closed when
+    /// done); returns its size and SHA-256 (hex), computed while the bytes pass.
     fn fetch<'a>(
         &'a self,
         key: &'a str,
-        to: &'a std::path::Path,
+        to: std::fs::File,
     ) -> BoxFuture<'a, anyhow::Result<(u64, String)>>;
 
     /// The size of an object, None if absent.

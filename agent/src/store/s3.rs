@@ -470,7 +470,7 @@ impl Destination for S3Store {
     fn fetch<'a>(
         &'a self,
         key: &'a str,
-        to: &'a std::path::Path,
+        to: std::fs::File,
     ) -> BoxFuture<'a, anyhow::Result<(u64, String)>> {
         Box::pin(async move {
             use tokio::io::AsyncWriteExt;
@@ -478,9 +478,7 @@ impl Destination for S3Store {
                 .send_retrying(Method::GET, key, &[], &[], Bytes::new())
                 .await
                 .with_context(|| format!("downloading {key}"))?;
-            let mut file = tokio::fs::File::create(to)
-                .await
-                .with_context(|| format!("creating {}", to.display()))?;
+            let mut file = tokio::fs::File::from_std(to);
             let mut hash = Sha256::new();
             let mut n = 0u64;
             let mut body = r.bytes_stream();
@@ -490,7 +488,7 @@ impl Destination for S3Store {
                 n += chunk.len() as u64;
                 file.write_all(&chunk)
                     .await
-                    .with_context(|| format!("writing {}", to.display()))?;
+                    .with_context(|| format!("passing on what was downloaded of {key}"))?;
             }
             file.flush().await?;
             Ok((n, hex::encode(hash.finalize())))

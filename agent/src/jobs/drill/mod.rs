@@ -210,23 +210,32 @@ async fn drill(
     let fetch = async {
         let mut dumps: Vec<(Manifest, PathBuf)> = Vec::new();
         for (stamp, m) in &manifests {
+            // Download and decryption run at once, joined by a pipe: the
+            // ciphertext never lands on disk and an offsite download overlaps
+            // the decryption. The decrypting side always reads to the end, so
+            // the download's size and SHA-256 are checked first and a damaged
+            // object is named as such rather than as a decryption error.
             report.phase = "download";
             let t = Instant::now();
             let key = manifest::object_key(prefix, &m.database, stamp);
-            let enc = spool.join(format!("{}.pgp", dumps.len()));
-            let (size, sha) = dest.fetch(&key, &enc).await?;
-            report.add("download", t);
+            let plain = spool.join(format!("{}.dump", dumps.len()));
+            let (rx, tx) = pipe().context("creating the download pipe")?;
+            let fetch = async {
+                let r = dest.fetch(&key, tx).await;
+                (r, t.elapsed())
+            };
+            let ((fetched, download), decrypted) =
+                tokio::join!(fetch, decrypt_stream(&cfg.decryption_key, rx, &plain));
+            *report.phases.entry("download").or_default() += download.as_secs_f64();
+            let (size, sha) = fetched?;
             if size != m.size_bytes || sha != m.sha256 {
                 bail!("{key}: downloaded {size} bytes with SHA-256 {sha}, the manifest says {} bytes, {}: the object is damaged or was replaced", m.size_bytes, m.sha256);
             }
             report.phase = "decrypt";
-            let t = Instant::now();
-            let plain = spool.join(format!("{}.dump", dumps.len()));
-            let (n, psha) = decrypt_file(&cfg.decryption_key, &enc, &plain)
-                .await
-                .with_context(|| format!("decrypting {key}"))?;
-            let _ = std::fs::remove_file(&enc);
-            report.add("decrypt", t);
+            let (n, psha) = decrypted.with_context(|| format!("decrypting {key}"))?;
+            // What decryption took beyond the download it overlapped.
+            *report.phases.entry("decrypt").or_default() +=
+                (t.elapsed().saturating_sub(download)).as_secs_f64();
             crate::fault_point!("drill::after_decrypt");
             if n != m.plaintext_size_bytes || psha != m.plaintext_sha256 {
                 bail!(
@@ -381,7 +390,14 @@ async fn check_database(
         "pg_amcheck",
         out.status.success(),
         if out.status.success() {
-            "no corruption found".into()
+            format!(
+                "no corruption found (heap and B-tree structure{})",
+                if cfg.heapallindexed {
+                    ", every heap tuple indexed"
+                } else {
+                    "; heapallindexed off"
+                }
+            )
         } else {
             format!(
                 "{}: {}",
@@ -425,8 +441,25 @@ fn diff_counts(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Vec
     out
 }
 
-async fn decrypt_file(key: &Path, from: &Path, to: &Path) -> anyhow::Result<(u64, String)> {
-    let (key, from, to) = (key.to_owned(), from.to_owned(), to.to_owned());
+/// A pipe whose ends are plain files (read end, write end), 1 MiB deep when
+/// the kernel allows it. Close-on-exec: a child started meanwhile (initdb,
+/// the postmaster) must not inherit the write end, or the reader never sees
+/// the end of the download.
+fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    Ok((std::fs::File::from(r), std::fs::File::from(w)))
+}
+
+/// Decrypt the message arriving on `input` into `to`; (plaintext size,
+/// plaintext SHA-256). Reads `input` to its end whatever happens, so the
+/// writer always finishes.
+async fn decrypt_stream(
+    key: &Path,
+    input: std::fs::File,
+    to: &Path,
+) -> anyhow::Result<(u64, String)> {
+    let (key, to) = (key.to_owned(), to.to_owned());
     tokio::task::spawn_blocking(move || {
         use sha2::Digest;
         struct HashW<W> {
@@ -443,15 +476,19 @@ async fn decrypt_file(key: &Path, from: &Path, to: &Path) -> anyhow::Result<(u64
                 self.w.flush()
             }
         }
-        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&from)?);
-        let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&to)?);
-        let mut w = HashW {
-            w: out,
-            h: sha2::Sha256::new(),
-        };
-        let n = crate::crypto::decrypt(&key, input, &mut w)?;
-        std::io::Write::flush(&mut w)?;
-        Ok((n, hex::encode(w.h.finalize())))
+        let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+        let r = (|| {
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&to)?);
+            let mut w = HashW {
+                w: out,
+                h: sha2::Sha256::new(),
+            };
+            let n = crate::crypto::decrypt(&key, &mut input, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            Ok((n, hex::encode(w.h.finalize())))
+        })();
+        let _ = std::io::copy(&mut input, &mut std::io::sink());
+        r
     })
     .await?
 }
