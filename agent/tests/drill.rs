@@ -317,6 +317,77 @@ fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
     );
 }
 
+/// A drill host that holds the decryption key drills another host's backups
+/// (`source_host_id`), and a failing drill pages a real Alertmanager directly.
+#[test]
+fn drill_of_another_hosts_backups_and_a_direct_alertmanager_page() {
+    let pg = Pg::start();
+    seed(&pg);
+    let s = Setup::new();
+    let am = support::alertmanager::Alertmanager::start(&s.scratch.path("alertmanager"));
+    let cfg = s.config(&pg, None, "local", "");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+
+    // The drill host: its own host_id and state, the same destination.
+    let drill_host = |extra: &str| {
+        let text = std::fs::read_to_string(s.config(&pg, None, "local", extra)).unwrap();
+        let state = s.scratch.path("state").display().to_string();
+        let text = text
+            .replacen("host_id = \"test-host\"", "host_id = \"drill-host\"", 1)
+            .replace(&state, &format!("{state}-drill"));
+        let p = s.scratch.path("drill-host.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let page = format!("alertmanager_url = \"{}\"", am.url());
+    let cfg = drill_host(&format!("source_host_id = \"test-host\"\n{page}"));
+    let (code, rec, text) = drill(&cfg);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(rec["result"]["prefix"], "test-host", "{rec:#}");
+    let drilled: Vec<&str> = rec["result"]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["database"].as_str().unwrap())
+        .collect();
+    assert_eq!(drilled, ["_globals", "app"], "{rec:#}");
+    assert_eq!(
+        am.alerts(),
+        serde_json::json!([]),
+        "a green drill pages nobody"
+    );
+    s.assert_clean();
+
+    // Without source_host_id it looks under its own host_id, finds nothing, and pages.
+    let cfg = drill_host(&page);
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("no complete backup under drill-host/postgres/"),
+        "{text}"
+    );
+    let alerts = am.alerts();
+    let a = alerts
+        .as_array()
+        .and_then(|v| {
+            v.iter()
+                .find(|a| a["labels"]["alertname"] == "CloudnxRestoreDrillFailed")
+        })
+        .unwrap_or_else(|| panic!("no CloudnxRestoreDrillFailed alert in {alerts:#}"));
+    assert_eq!(a["labels"]["severity"], "page", "{a:#}");
+    assert_eq!(a["labels"]["host_id"], "drill-host", "{a:#}");
+    assert!(
+        a["annotations"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no complete backup under drill-host/postgres/"),
+        "{a:#}"
+    );
+    assert_eq!(a["status"]["state"], "active", "{a:#}");
+    s.assert_clean();
+}
+
 #[test]
 fn sigterm_midway_through_a_drill_leaves_no_process_and_no_temp_dir() {
     let pg = Pg::start();

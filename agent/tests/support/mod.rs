@@ -118,6 +118,8 @@ pub fn require(program: &str) -> PathBuf {
         )
     })
 }
+/// A real Alertmanager for direct-paging tests.
+pub mod alertmanager;
 /// Audit-log helpers (scratch log, mixed records, verify).
 pub mod audit;
 
