@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How many finished job records the API can still show.
-const KEEP_RECORDS: usize = 256;
+/// How many finished job records the API can still show. Enough for a control
+/// plane polling the jobs it submitted; every record (with its result) stays
+/// in memory, so this bounds the daemon's memory, not just the listing.
+pub const KEEP_RECORDS: usize = 64;
 
 /// Who started a job.
 #[derive(Debug, Clone, PartialEq)]

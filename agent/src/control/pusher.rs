@@ -85,7 +85,11 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
     let mut attempt = 0u32;
     let mut last_count: Option<usize> = None;
     let mut current: Option<(String, reqwest::Client)> = None;
-    let mut cache: Option<(Option<Stamp>, Vec<Event>)> = None;
+    // The outbox's stamp and event count when it was last read. Only the
+    // count is kept: holding the events between passes would keep a whole
+    // backlog (up to outbox_max_events, tens of MB) resident while the
+    // control plane is down or when there is no report_url at all.
+    let mut cache: Option<(Option<Stamp>, usize)> = None;
     loop {
         let cfg = shared.runner.config();
         let Some(cp) = cfg.control_plane.clone() else {
@@ -97,11 +101,21 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
         // (inode, length, mtime) taken before the last read means nothing
         // new: skip re-reading a large idle outbox every second.
         let stamp = stamp(outbox.path());
-        let pending = match &cache {
-            Some((st, events)) if delivered.is_empty() && stamp.is_some() && *st == stamp => {
-                events.clone()
+        let unchanged = match &cache {
+            // Nothing new, nothing acknowledged, and nothing to send from it.
+            Some((st, n))
+                if delivered.is_empty()
+                    && stamp.is_some()
+                    && *st == stamp
+                    && (cp.report_url.is_none() || *n == 0) =>
+            {
+                Some(*n)
             }
-            _ => {
+            _ => None,
+        };
+        let pending = match unchanged {
+            Some(_) => Vec::new(),
+            None => {
                 let acked = std::mem::take(&mut delivered);
                 let compacted = {
                     let outbox = outbox.clone();
@@ -109,7 +123,7 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
                 };
                 match compacted {
                     Ok(Ok(c)) => {
-                        cache = Some((stamp, c.pending.clone()));
+                        cache = Some((stamp, c.pending.len()));
                         c.pending
                     }
                     Ok(Err(e)) => {
@@ -126,11 +140,12 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
         if token.is_cancelled() {
             return;
         }
-        if last_count != Some(pending.len()) {
-            last_count = Some(pending.len());
+        let count = unchanged.unwrap_or(pending.len());
+        if last_count != Some(count) {
+            last_count = Some(count);
             let mut u = crate::metrics::MetricsUpdate::default();
             #[allow(clippy::cast_precision_loss)]
-            u.set("cloudnx_report_outbox_events", &[], pending.len() as f64);
+            u.set("cloudnx_report_outbox_events", &[], count as f64);
             super::apply_metrics(&shared.runner, u).await;
         }
 
@@ -174,6 +189,12 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
                     }
                 }
             }
+        }
+        // Not kept across the wait below (see `cache`).
+        let was_read = !pending.is_empty();
+        drop(pending);
+        if was_read {
+            crate::util::trim_heap();
         }
         if !delivered.is_empty() && !failed {
             // Compact right away, then look for more.
