@@ -76,6 +76,20 @@ fn s3_faults_that_clear_within_the_retries_are_ridden_through_and_the_backup_is_
         );
         assert_eq!(metric(&rig.prom(), STATUS), Some(1.0), "{case}");
     }
+
+    // A server without ListMultipartUploads (s3s-fs, some S3-compatible
+    // stores) answers 501 every time: the stale-upload cleanup is skipped
+    // with a warning naming the lifecycle rule, asked once (501 is not
+    // retried), and the backup still succeeds.
+    proxy.fault(S3Op::ListMultipartUploads, 1, 100, Fault::NotImplemented);
+    let out = support::agent(&cfg, &["backup"]);
+    let text = support::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(proxy.injected(), 1, "501 was asked once, not retried");
+    assert!(text.contains("AbortIncompleteMultipartUpload"), "{text}");
+    assert_eq!(s3_complete_stamps(&moto).len(), before + 1);
+    assert_newest_s3_backup_whole(&rig, &moto);
+    assert_eq!(metric(&rig.prom(), STATUS), Some(1.0));
 }
 
 #[test]
@@ -123,6 +137,7 @@ fn s3_faults_that_persist_fail_precisely_abort_the_upload_and_keep_the_last_good
             Fault::InternalError => "HTTP 500",
             Fault::SlowDown => "SlowDown",
             Fault::DropMidBody => "unreachable",
+            Fault::NotImplemented => "HTTP 501",
         };
         assert!(
             error.contains(why),

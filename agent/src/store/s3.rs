@@ -378,7 +378,11 @@ impl S3Store {
 
 fn retryable(e: &anyhow::Error) -> bool {
     match e.downcast_ref::<S3Error>() {
-        Some(s) => s.status.is_server_error() || s.status == StatusCode::TOO_MANY_REQUESTS,
+        // 501: the server does not have the operation; asking again will not help.
+        Some(s) => {
+            (s.status.is_server_error() && s.status != StatusCode::NOT_IMPLEMENTED)
+                || s.status == StatusCode::TOO_MANY_REQUESTS
+        }
         None => true,
     }
 }
@@ -553,7 +557,7 @@ impl Destination for S3Store {
         prefix: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let text = self
+            let listed = self
                 .send_retrying(
                     Method::GET,
                     "",
@@ -561,7 +565,23 @@ impl Destination for S3Store {
                     &[],
                     Bytes::new(),
                 )
-                .await
+                .await;
+            // Some S3-compatible servers do not implement ListMultipartUploads
+            // (501). The cleanup is housekeeping: it must not fail a backup
+            // that succeeded. Say so, so the operator can set a bucket
+            // lifecycle rule (AbortIncompleteMultipartUpload) instead.
+            if let Err(e) = &listed {
+                if e.downcast_ref::<S3Error>()
+                    .is_some_and(|s| s.status == StatusCode::NOT_IMPLEMENTED)
+                {
+                    tracing::warn!(
+                        destination = %self.name,
+                        "this S3 server does not list unfinished multipart uploads ({e:#}); uploads a killed run left open are not aborted here: add a lifecycle rule AbortIncompleteMultipartUpload to the bucket"
+                    );
+                    return Ok(Vec::new());
+                }
+            }
+            let text = listed
                 .with_context(|| format!("listing unfinished multipart uploads under {prefix}"))?
                 .text()
                 .await

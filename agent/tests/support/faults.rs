@@ -258,6 +258,8 @@ pub enum S3Op {
     ManifestPut,
     /// Any `HEAD`.
     Head,
+    /// `GET /?uploads` (ListMultipartUploads).
+    ListMultipartUploads,
 }
 
 /// How the proxy misbehaves on a matching request.
@@ -269,6 +271,8 @@ pub enum Fault {
     SlowDown,
     /// Read half the request body, then close the connection without answering.
     DropMidBody,
+    /// `501 NotImplemented`, as S3-compatible servers answer an operation they lack.
+    NotImplemented,
 }
 
 struct Rule {
@@ -383,6 +387,7 @@ fn classify(method: &str, target: &str) -> Option<S3Op> {
         "PUT" if has("partNumber") => Some(S3Op::UploadPart),
         "PUT" if path.ends_with("/manifest.json") => Some(S3Op::ManifestPut),
         "HEAD" => Some(S3Op::Head),
+        "GET" if has("uploads") => Some(S3Op::ListMultipartUploads),
         _ => None,
     }
 }
@@ -468,6 +473,15 @@ fn serve(client: TcpStream, upstream_port: u16, st: &ProxyState) -> std::io::Res
                     "503 Slow Down",
                     "SlowDown",
                     "Please reduce your request rate.",
+                ))?;
+                continue;
+            }
+            Some(Fault::NotImplemented) => {
+                st.faults_done.fetch_add(1, Ordering::SeqCst);
+                out.write_all(&error_xml(
+                    "501 Not Implemented",
+                    "NotImplemented",
+                    "ListMultipartUploads is not implemented yet",
                 ))?;
                 continue;
             }
