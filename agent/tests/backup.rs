@@ -62,30 +62,17 @@ impl Setup {
         keys: (&str, &str),
         extra: &str,
     ) -> PathBuf {
-        let mut body = format!(
-            "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"{}\"\n\n",
-            self.scratch.path("fs").display()
-        );
-        let mut names = vec!["\"local\""];
-        if let Some((endpoint, lock_days)) = s3 {
-            let id = self
-                .scratch
-                .secret("secrets/s3.id", &format!("{}\n", keys.0));
-            let secret = self
-                .scratch
-                .secret("secrets/s3.secret", &format!("{}\n", keys.1));
-            body += &format!(
-                "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
-                 access_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\nobject_lock_days = {lock_days}\n\n",
-                id.display(),
-                secret.display()
-            );
-            names.push("\"s3\"");
-        }
+        let s3 = s3.map(|(endpoint, lock_days)| support::S3Dest {
+            endpoint,
+            bucket: BUCKET,
+            key_id: keys.0,
+            secret: keys.1,
+            lock_days,
+        });
+        let (mut body, names) = self.scratch.destinations(s3.as_ref());
         body += &format!(
-            "[backup]\nconnection = \"{pg_conninfo}\"\ndestinations = [{}]\nencrypt_to = [\"{}\"]\n\
+            "[backup]\nconnection = \"{pg_conninfo}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\n\
              pg_bin_dir = \"/usr/lib/postgresql/15/bin\"\npart_size_mib = 5\n{extra}\n",
-            names.join(", "),
             self.key.display()
         );
         self.scratch.config(&body)

@@ -46,27 +46,15 @@ impl Setup {
     }
 
     fn config(&self, pg: &Pg, s3: Option<&Moto>, drill_from: &str, extra: &str) -> PathBuf {
-        let mut body = format!(
-            "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"{}\"\n\n",
-            self.scratch.path("fs").display()
-        );
-        let mut names = vec!["\"local\""];
-        if let Some(m) = s3 {
-            let id = self.scratch.secret("secrets/s3.id", "test");
-            let secret = self.scratch.secret("secrets/s3.secret", "test");
-            body += &format!(
-                "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{}\"\nbucket = \"drill\"\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\n",
-                m.endpoint(),
-                id.display(),
-                secret.display()
-            );
-            names.push("\"s3\"");
-        }
+        let endpoint = s3.map(Moto::endpoint);
+        let s3 = endpoint
+            .as_deref()
+            .map(|e| support::S3Dest::new(e, "drill"));
+        let (mut body, names) = self.scratch.destinations(s3.as_ref());
         body += &format!(
-            "[backup]\nconnection = \"{}\"\ndestinations = [{}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\n\
+            "[backup]\nconnection = \"{}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\n\
              [restore_drill]\ndestination = \"{drill_from}\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n{extra}\n",
             pg.conninfo(),
-            names.join(", "),
             self.scratch.path("backup.pub.asc").display(),
             self.scratch.path("keys/backup.sec.asc").display(),
             self.scratch.path("spool").display(),

@@ -68,14 +68,15 @@ impl RawBackup {
         check_cron(c, &self.schedule);
         check_abs(c, "pg_bin_dir", &self.pg_bin_dir);
         if let Some(keys) = &self.encrypt_to {
-            let look = c.other_files;
-            for k in keys.get_ref().iter().filter(|_| look) {
-                if let Err(e) = std::fs::metadata(k) {
-                    c.err(
-                        keys.span(),
-                        format!("`encrypt_to`: cannot read public key {}: {e}", k.display()),
-                        "export it with gpg --export --armor FPR > FILE",
-                    );
+            if c.other_files {
+                for k in keys.get_ref() {
+                    if let Err(e) = std::fs::metadata(k) {
+                        c.err(
+                            keys.span(),
+                            format!("`encrypt_to`: cannot read public key {}: {e}", k.display()),
+                            "export it with gpg --export --armor FPR > FILE",
+                        );
+                    }
                 }
             }
             if keys.get_ref().is_empty() {

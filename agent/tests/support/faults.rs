@@ -52,28 +52,13 @@ impl Rig {
     /// A config backing up `app` to the filesystem destination `local` and,
     /// when given, the S3 endpoint as `s3`; a restore drill from `local`.
     pub fn config(&self, s3: Option<&str>, extra_backup: &str) -> PathBuf {
-        let mut body = format!(
-            "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"{}\"\n\n",
-            self.scratch.path("fs").display()
-        );
-        let mut names = vec!["\"local\""];
-        if let Some(endpoint) = s3 {
-            let id = self.scratch.secret("secrets/s3.id", "test\n");
-            let secret = self.scratch.secret("secrets/s3.secret", "test\n");
-            body += &format!(
-                "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
-                 access_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\n",
-                id.display(),
-                secret.display()
-            );
-            names.push("\"s3\"");
-        }
+        let s3 = s3.map(|e| super::S3Dest::new(e, BUCKET));
+        let (mut body, names) = self.scratch.destinations(s3.as_ref());
         body += &format!(
-            "[backup]\nconnection = \"{}\"\ndestinations = [{}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\
+            "[backup]\nconnection = \"{}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\
              globals = false\npg_bin_dir = \"/usr/lib/postgresql/15/bin\"\npart_size_mib = 5\n{extra_backup}\n\n\
              [restore_drill]\ndestination = \"local\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n",
             self.pg.conninfo(),
-            names.join(", "),
             self.scratch.path("backup.pub.asc").display(),
             self.scratch.path("keys/backup.sec.asc").display(),
             self.scratch.path("spool").display(),

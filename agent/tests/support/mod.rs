@@ -76,6 +76,31 @@ impl Scratch {
         p
     }
 
+    /// `[[destinations]]` TOML: `local` (a filesystem destination at `fs/`)
+    /// and, when given, `s3`; with the quoted names for a `destinations = […]`.
+    pub fn destinations(&self, s3: Option<&S3Dest>) -> (String, String) {
+        let mut body = format!(
+            "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"{}\"\n\n",
+            self.path("fs").display()
+        );
+        let mut names = vec!["\"local\""];
+        if let Some(d) = s3 {
+            let id = self.secret("secrets/s3.id", d.key_id);
+            let secret = self.secret("secrets/s3.secret", d.secret);
+            body += &format!(
+                "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\n\
+                 access_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\nobject_lock_days = {}\n\n",
+                d.endpoint,
+                d.bucket,
+                id.display(),
+                secret.display(),
+                d.lock_days
+            );
+            names.push("\"s3\"");
+        }
+        (body, names.join(", "))
+    }
+
     /// Write a secret file with mode 0600.
     pub fn secret(&self, rel: &str, content: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
@@ -91,6 +116,33 @@ impl Scratch {
     /// The metrics exposition file.
     pub fn prom(&self) -> String {
         std::fs::read_to_string(self.path("metrics/cloudnx_agent.prom")).unwrap_or_default()
+    }
+}
+
+/// An S3 destination for [`Scratch::destinations`].
+pub struct S3Dest<'a> {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: &'a str,
+    /// Bucket name.
+    pub bucket: &'a str,
+    /// Content of the access key id file.
+    pub key_id: &'a str,
+    /// Content of the secret access key file.
+    pub secret: &'a str,
+    /// `object_lock_days` (0: no Object Lock).
+    pub lock_days: u32,
+}
+
+impl<'a> S3Dest<'a> {
+    /// A destination with the test credentials and no Object Lock.
+    pub fn new(endpoint: &'a str, bucket: &'a str) -> Self {
+        S3Dest {
+            endpoint,
+            bucket,
+            key_id: "test",
+            secret: "test",
+            lock_days: 0,
+        }
     }
 }
 

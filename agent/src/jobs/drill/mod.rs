@@ -53,7 +53,11 @@ struct Report {
 
 impl Report {
     fn add(&mut self, phase: &'static str, t: Instant) {
-        *self.phases.entry(phase).or_default() += t.elapsed().as_secs_f64();
+        self.add_time(phase, t.elapsed());
+    }
+
+    fn add_time(&mut self, phase: &'static str, d: std::time::Duration) {
+        *self.phases.entry(phase).or_default() += d.as_secs_f64();
     }
 }
 
@@ -226,7 +230,7 @@ async fn drill(
             };
             let ((fetched, download), decrypted) =
                 tokio::join!(fetch, decrypt_stream(&cfg.decryption_key, rx, &plain));
-            *report.phases.entry("download").or_default() += download.as_secs_f64();
+            report.add_time("download", download);
             let (size, sha) = fetched?;
             if size != m.size_bytes || sha != m.sha256 {
                 bail!("{key}: downloaded {size} bytes with SHA-256 {sha}, the manifest says {} bytes, {}: the object is damaged or was replaced", m.size_bytes, m.sha256);
@@ -234,8 +238,7 @@ async fn drill(
             report.phase = "decrypt";
             let (n, psha) = decrypted.with_context(|| format!("decrypting {key}"))?;
             // What decryption took beyond the download it overlapped.
-            *report.phases.entry("decrypt").or_default() +=
-                (t.elapsed().saturating_sub(download)).as_secs_f64();
+            report.add_time("decrypt", t.elapsed().saturating_sub(download));
             crate::fault_point!("drill::after_decrypt");
             if n != m.plaintext_size_bytes || psha != m.plaintext_sha256 {
                 bail!(
@@ -250,7 +253,7 @@ async fn drill(
         Ok(dumps)
     };
     let (cluster_t, dumps) = tokio::try_join!(start_cluster, fetch)?;
-    *report.phases.entry("cluster_start").or_default() += cluster_t.as_secs_f64();
+    report.add_time("cluster_start", cluster_t);
 
     report.phase = "restore";
     let t = Instant::now();
