@@ -224,7 +224,7 @@ async fn connections_beyond_max_connections_are_closed_until_slots_free_up() {
         pki,
         mut d,
         ..
-    } = AgentHost::start("max_connections = 4\nheader_timeout_seconds = 8\n");
+    } = AgentHost::start("max_connections = 4\nheader_timeout_seconds = 20\n");
     let port = d.port;
     // Four silent TCP connections take every slot.
     let mut hogs = vec![];
@@ -236,15 +236,18 @@ async fn connections_beyond_max_connections_are_closed_until_slots_free_up() {
         );
     }
     // Wait until the daemon holds all four (its log says so would be nicer; the
-    // margin below is what matters: closed long before the 8 s header deadline).
+    // margin below is what matters: closed long before the 20 s header deadline).
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The fifth is accepted by the kernel and closed at once by the daemon, not
-    // served when a hog is cut at the 8 s deadline.
+    // served when a hog is cut at the 20 s deadline. (The deadline is long so
+    // that a daemon starved of CPU by the load test running beside this one
+    // still gets to its accept loop well inside the window: with 8 s / 5 s the
+    // CI run once timed out here.)
     let mut fifth = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let mut buf = [0u8; 8];
-    let n = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+    let n = tokio::time::timeout(Duration::from_secs(15), fifth.read(&mut buf))
         .await
         .expect("an over-limit connection must be closed at once, not left waiting");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
@@ -258,10 +261,10 @@ async fn connections_beyond_max_connections_are_closed_until_slots_free_up() {
             .await
         {
             Ok(r) => break r.status(),
-            Err(_) if t0.elapsed() < Duration::from_secs(20) => {
+            Err(_) if t0.elapsed() < Duration::from_secs(40) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("no slot freed up in 10 s: {e}"),
+            Err(e) => panic!("no slot freed up in 40 s: {e}"),
         }
     };
     assert_eq!(status, 200);
