@@ -1,8 +1,10 @@
 //! Any S3-compatible API (MinIO, Backblaze B2, Hetzner Object Storage, AWS) as
 //! a destination (see docs/adr/0003-s3-client.md): SigV4 header signing, path-
 //! style or virtual-host addressing, streaming multipart upload with a bounded
-//! number of parts in flight, Content-MD5 and a signed SHA-256 on every part,
-//! Object Lock COMPLIANCE headers, abort on failure, HEAD to confirm sizes,
+//! number of parts in flight, a signed SHA-256 on every part (the server
+//! recomputes it and refuses a part that does not match; parts of a locked
+//! object also carry the Content-MD5 S3 demands there), Object Lock
+//! COMPLIANCE headers, abort on failure, HEAD to confirm sizes,
 //! ListObjectsV2 and version-aware deletes (a locked version is refused by the
 //! server and reported as [`Deleted::Locked`]).
 
@@ -342,7 +344,15 @@ impl S3Store {
         n: u32,
         body: Bytes,
     ) -> anyhow::Result<(u32, String)> {
-        let md5 = content_md5(&body);
+        // The signed x-amz-content-sha256 already makes the server check every
+        // byte of the part; S3 additionally demands Content-MD5 (or a flexible
+        // checksum) on uploads to an Object Lock retention, and only there is
+        // the second hash over the part worth its CPU.
+        let headers = if self.cfg.object_lock_days > 0 {
+            vec![("content-md5", content_md5(&body))]
+        } else {
+            Vec::new()
+        };
         let len = body.len();
         let ns = n.to_string();
         let resp = self
@@ -350,7 +360,7 @@ impl S3Store {
                 Method::PUT,
                 key,
                 &[("partNumber", &ns), ("uploadId", upload_id)],
-                &[("content-md5", md5)],
+                &headers,
                 body,
             )
             .await

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 const PARTS_PER_SIZE_STEP: u64 = 1000;
 /// S3's largest part.
 const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+/// Shipped parts remembered for reuse (more than are ever in flight).
+const MAX_SHIPPED: usize = 64;
 
 /// The size of part `n` (1-based) for an initial size `base`: doubles every
 /// 1000 parts, so 10 000 parts hold 1023 × 1000 × base (≈ 7.8 TiB at 8 MiB).
@@ -63,6 +65,8 @@ impl<R: Read> Read for HashingReader<R> {
 struct PartWriter {
     senders: Vec<Option<mpsc::Sender<Feed>>>,
     buf: BytesMut,
+    /// Parts handed to the destinations, to reuse once they are done with them.
+    shipped: Vec<Bytes>,
     base: u64,
     part: u64,
     hash: Sha256,
@@ -77,6 +81,7 @@ impl PartWriter {
     fn ship(&mut self) -> std::io::Result<()> {
         let part: Bytes = self.buf.split().freeze();
         self.part += 1;
+        self.shipped.push(part.clone());
         for s in &mut self.senders {
             // A closed channel is a destination that already failed: skip it.
             if s.as_ref()
@@ -89,8 +94,37 @@ impl PartWriter {
             return Err(std::io::Error::other("every destination failed"));
         }
         crate::fault_point!("backup::after_part");
+        self.buf = self.reclaim();
         self.buf.reserve(self.target());
         Ok(())
+    }
+
+    /// A buffer for the next part: the first shipped part every destination
+    /// has finished with, if any (so a backup does not map, fault in and unmap
+    /// a fresh multi-MiB buffer per part). Other finished parts are freed
+    /// rather than kept, so at most one idle buffer exists beside the parts in
+    /// flight and the memory bound is unchanged.
+    fn reclaim(&mut self) -> BytesMut {
+        let mut found: Option<BytesMut> = None;
+        self.shipped.retain_mut(|b| {
+            if b.is_unique() {
+                if found.is_none() {
+                    found = std::mem::take(b).try_into_mut().ok();
+                }
+                false
+            } else {
+                true
+            }
+        });
+        // Parts still held elsewhere are in flight; a bounded list of them is
+        // enough (dropping a clone here frees nothing the uploads still use).
+        if self.shipped.len() > MAX_SHIPPED {
+            self.shipped.drain(..self.shipped.len() - MAX_SHIPPED);
+        }
+        found.map_or_else(BytesMut::new, |mut b| {
+            b.clear();
+            b
+        })
     }
 }
 
@@ -136,6 +170,10 @@ pub async fn run(
         .with_context(|| format!("starting {program} for {what}"))?;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     let stdout = child.stdout.take().context("no stdout pipe")?;
+    // A 1 MiB pipe (the default unprivileged maximum) instead of 64 KiB: the
+    // dump program writes in 4 KiB pieces, and each full pipe is a pair of
+    // context switches between it and the encryption thread. Best effort.
+    let _ = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     let mut stderr = child.stderr.take().context("no stderr pipe")?;
     let stderr_task = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -165,6 +203,7 @@ pub async fn run(
     let writer = PartWriter {
         senders: senders.into_iter().map(Some).collect(),
         buf: BytesMut::with_capacity(usize::try_from(base_part).unwrap_or(8 << 20)),
+        shipped: Vec::new(),
         base: base_part,
         part: 0,
         hash: Sha256::new(),
@@ -232,6 +271,61 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn writer(tx: mpsc::Sender<Feed>, base: u64) -> PartWriter {
+        PartWriter {
+            senders: vec![Some(tx)],
+            buf: BytesMut::new(),
+            shipped: Vec::new(),
+            base,
+            part: 0,
+            hash: Sha256::new(),
+            n: 0,
+        }
+    }
+
+    fn next_part(rx: &mut mpsc::Receiver<Feed>) -> Bytes {
+        match rx.try_recv() {
+            Ok(Feed::Part(b)) => b,
+            _ => panic!("expected a part"),
+        }
+    }
+
+    #[test]
+    fn a_part_the_destinations_are_done_with_is_reused_and_idle_ones_are_freed() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut w = writer(tx, 1024);
+        w.write_all(&[1; 1024]).unwrap();
+        let first = next_part(&mut rx);
+        let first_at = first.as_ptr() as usize;
+        drop(first); // the destination is done with part 1
+        w.write_all(&[2; 1024]).unwrap(); // ships part 2, reclaims part 1's buffer
+        let second = next_part(&mut rx);
+        assert_ne!(second.as_ptr() as usize, first_at, "part 2 still in use");
+        w.write_all(&[3; 1024]).unwrap();
+        let third = next_part(&mut rx);
+        assert_eq!(
+            third.as_ptr() as usize,
+            first_at,
+            "part 1's buffer was not reused"
+        );
+        assert_eq!(&third[..], &[3; 1024][..]);
+        assert_eq!(
+            &second[..],
+            &[2; 1024][..],
+            "a part in flight was overwritten"
+        );
+        // Two finished parts: one becomes the next buffer, the other is freed,
+        // and nothing idle stays in the list.
+        drop((second, third));
+        w.write_all(&[4; 1024]).unwrap();
+        assert_eq!(
+            w.shipped.len(),
+            1,
+            "only part 4, still queued, is remembered"
+        );
+        assert!(!w.shipped[0].is_unique());
+    }
 
     #[test]
     fn part_sizes_grow_so_ten_thousand_parts_hold_terabytes() {
