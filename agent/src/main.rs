@@ -44,9 +44,6 @@ enum Verb {
     Snapshot,
     /// Check every LUKS volume against the policy now.
     LuksCheck,
-    /// Privileged LUKS helper: answer one JSON request on stdin/stdout (socket-activated).
-    #[command(hide = true)]
-    LuksHelper,
     /// Talk to an agent's control-plane API with a client certificate.
     Ctl(cloudnx_agent::control::ctl::CtlArgs),
     /// The audit log.
@@ -117,7 +114,6 @@ fn main() -> ExitCode {
             Verb::LuksCheck => {
                 cli::run_job(config, JobKind::LuksCheck, JobParams::default(), json).await
             }
-            Verb::LuksHelper => cloudnx_agent::jobs::luks::helper::serve(config).await,
             Verb::Ctl(args) => cloudnx_agent::control::ctl::run(config, args).await,
             Verb::Audit {
                 verb: AuditVerb::Verify,

@@ -1,5 +1,5 @@
 //! The privileged LUKS helper (docs/adr/0008-privileges.md) end to end: the real
-//! binary's `luks-helper` verb on a unix socket as stdin/stdout (what systemd's
+//! `cloudnx-luks-helper` binary on a unix socket as stdin/stdout (what systemd's
 //! Accept=yes gives it), and an unprivileged `luks-check` that asks it, against
 //! images made with the real cryptsetup CLI.
 
@@ -61,21 +61,20 @@ fn images(s: &Scratch) -> (PathBuf, PathBuf, PathBuf) {
     (good, weak, key)
 }
 
-/// Run `cloudnx-agent luks-helper` with one end of a socketpair as stdin and
+/// Run `cloudnx-luks-helper` with one end of a socketpair as stdin and
 /// stdout; send `request` raw; (exit code, answer).
 fn ask_helper(cfg: &Path, request: &[u8]) -> (i32, serde_json::Value) {
     let (mut ours, theirs) = UnixStream::pair().unwrap();
     let out = theirs.try_clone().unwrap();
-    let child = Command::new(support::agent_bin())
+    let child = Command::new(support::helper_bin())
         .arg("--config")
         .arg(cfg)
-        .arg("luks-helper")
         .env_remove("CLOUDNX_AGENT_CONFIG")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(OwnedFd::from(out)))
         .stderr(Stdio::piped())
         .spawn()
-        .expect("running cloudnx-agent luks-helper");
+        .expect("running cloudnx-luks-helper");
     // The helper may answer before reading everything (oversized requests).
     let _ = ours.write_all(request);
     let _ = ours.shutdown(std::net::Shutdown::Write);
@@ -238,7 +237,7 @@ fn helper_checks_only_the_files_it_uses_and_answers_configuration_errors() {
 }
 
 /// systemd's Accept=yes, played by the test: per connection on `path`, one
-/// `cloudnx-agent luks-helper --config cfg` with the connection as stdin/stdout.
+/// `cloudnx-luks-helper --config cfg` with the connection as stdin/stdout.
 struct SocketActivation {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<usize>>,
@@ -259,10 +258,9 @@ impl SocketActivation {
                         conn.set_nonblocking(false).unwrap();
                         let out = conn.try_clone().unwrap();
                         children.push(
-                            Command::new(support::agent_bin())
+                            Command::new(support::helper_bin())
                                 .arg("--config")
                                 .arg(&cfg)
-                                .arg("luks-helper")
                                 .stdin(Stdio::from(OwnedFd::from(conn)))
                                 .stdout(Stdio::from(OwnedFd::from(out)))
                                 .spawn()

@@ -71,6 +71,12 @@ fn systemd_units_verify_without_any_output() {
     std::fs::create_dir_all(r.join("usr/bin")).unwrap();
     std::fs::create_dir_all(r.join("bin")).unwrap();
     std::fs::copy(support::agent_bin(), r.join("usr/bin/cloudnx-agent")).unwrap();
+    std::fs::create_dir_all(r.join("usr/libexec/cloudnx-agent")).unwrap();
+    std::fs::copy(
+        support::helper_bin(),
+        r.join("usr/libexec/cloudnx-agent/cloudnx-luks-helper"),
+    )
+    .unwrap();
     std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
     for u in UNITS {
         std::fs::copy(
@@ -420,6 +426,7 @@ fn deb_ships_binary_units_config_docs_and_is_lintian_clean() {
     let (_, contents, _) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     for path in [
         "./usr/bin/cloudnx-agent",
+        "./usr/libexec/cloudnx-agent/cloudnx-luks-helper",
         "./etc/cloudnx-agent/agent.toml",
         "./usr/lib/systemd/system/cloudnx-agent.service",
         "./usr/lib/systemd/system/cloudnx-agent-luks-helper.socket",
@@ -440,6 +447,33 @@ fn deb_ships_binary_units_config_docs_and_is_lintian_clean() {
             "the .deb lacks {path}:\n{contents}"
         );
     }
+    // Only the helper links libcryptsetup (and libcrypto, libdevmapper, …): the
+    // daemon neither carries that code nor keeps those libraries resident.
+    let unpacked = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(unpacked.path()));
+    let needed = |bin: &str| {
+        let (_, d, _) = run(Command::new("readelf")
+            .arg("-dW")
+            .arg(unpacked.path().join(bin)));
+        d.lines()
+            .filter(|l| l.contains("(NEEDED)"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let daemon = needed("usr/bin/cloudnx-agent");
+    assert!(
+        daemon.contains("libc.so.6") && !daemon.contains("libcryptsetup"),
+        "cloudnx-agent's NEEDED:\n{daemon}"
+    );
+    let helper = needed("usr/libexec/cloudnx-agent/cloudnx-luks-helper");
+    assert!(
+        helper.contains("libcryptsetup.so.12"),
+        "cloudnx-luks-helper's NEEDED:\n{helper}"
+    );
     // Maintainer scripts go through deb-systemd-helper/invoke, never bare systemctl
     // (daemon-reload is what debhelper's own snippets do).
     let (_, scripts, _) = run(Command::new("sh").arg("-c").arg(format!(

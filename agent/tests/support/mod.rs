@@ -19,6 +19,11 @@ pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cloudnx-agent"))
 }
 
+/// The privileged LUKS helper binary (the only one linking libcryptsetup).
+pub fn helper_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cloudnx-luks-helper"))
+}
+
 /// Run the agent with a config file; returns its output.
 pub fn agent(config: &Path, args: &[&str]) -> Output {
     Command::new(agent_bin())

@@ -1,15 +1,20 @@
 //! The privileged half of the LUKS duty (docs/adr/0008-privileges.md).
 //!
-//! `cloudnx-agent luks-helper` ([`serve`]) is started by systemd per connection
-//! on `/run/cloudnx-agent-luks-helper.sock` (Accept=yes, stdin/stdout = the
+//! `cloudnx-luks-helper` (its own small binary, `src/bin/luks_helper.rs`, calling
+//! [`serve`]) is started by systemd per connection on
+//! `/run/cloudnx-agent-luks-helper.sock` (Accept=yes, stdin/stdout = the
 //! connection): it reads ONE JSON request line `{"action", "volume"}`, resolves
 //! the volume NAME through its own load of the configuration (a caller can
 //! never name a device, keyfile or path), does the action through the
 //! one-thread libcryptsetup code, answers ONE JSON line
 //! `{"ok":true,"result":…}` / `{"ok":false,"error":"step: cause"}` and exits.
 //!
-//! The duty side ([`Access`]) asks the helper whenever the process is not
-//! root, and works in-process as root (a root CLI run, the tests).
+//! The duty side ([`Access`]) asks the helper on that socket whenever the
+//! process is not root, and runs the same binary as a child with the request
+//! on a pipe when it is root (a root CLI run, the tests). Only the helper
+//! binary links libcryptsetup (and its libcrypto, libdevmapper, …): the
+//! long-running `cloudnx-agent` never calls it, so it neither carries that
+//! code nor keeps ~2.5 MiB of those libraries resident (docs/adr/0008).
 //!
 //! Peer check: on a unix socket, `SO_PEERCRED` must name uid 0, the owner of
 //! `state_dir` or the `cloudnx-agent` user. When stdin is not a socket (a
@@ -72,29 +77,65 @@ pub struct Request {
     pub volume: String,
 }
 
-/// Where this process does its libcryptsetup work.
+/// How this process reaches the helper.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// Root: call libcryptsetup here.
-    InProcess,
-    /// Not root: ask the helper on this socket.
+    /// Root: run the helper binary as a child (with the same configuration
+    /// file), one request per run.
+    Child {
+        /// The configuration file the child loads (None: the default lookup).
+        config: Option<PathBuf>,
+    },
+    /// Not root: ask the socket-activated helper on this socket.
     Helper(PathBuf),
 }
 
 impl Access {
-    /// In-process as root, through `cfg.helper_socket` otherwise.
-    pub fn for_process(cfg: &LuksConfig) -> Access {
-        Access::choose(nix::unistd::geteuid().is_root(), &cfg.helper_socket)
+    /// A child as root, `cfg.helper_socket` otherwise.
+    pub fn for_process(cfg: &LuksConfig, config_file: Option<&Path>) -> Access {
+        Access::choose(
+            nix::unistd::geteuid().is_root(),
+            &cfg.helper_socket,
+            config_file,
+        )
     }
 
     /// The decision itself (pure).
-    pub fn choose(root: bool, socket: &Path) -> Access {
+    pub fn choose(root: bool, socket: &Path, config_file: Option<&Path>) -> Access {
         if root {
-            Access::InProcess
+            Access::Child {
+                config: config_file.map(Path::to_owned),
+            }
         } else {
             Access::Helper(socket.to_owned())
         }
     }
+}
+
+/// Name of the helper binary.
+pub const HELPER_BIN: &str = "cloudnx-luks-helper";
+/// Where the package installs it.
+pub const HELPER_INSTALLED: &str = "/usr/libexec/cloudnx-agent/cloudnx-luks-helper";
+
+/// The helper binary for a child run: beside this executable (a build tree;
+/// test binaries sit one directory below, in `deps/`), else where the package
+/// installs it.
+pub fn helper_exe() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("finding this executable")?;
+    let mut candidates = Vec::new();
+    if let Some(dir) = me.parent() {
+        candidates.push(dir.join(HELPER_BIN));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join(HELPER_BIN));
+        }
+    }
+    candidates.push(PathBuf::from(HELPER_INSTALLED));
+    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
+        format!(
+            "the LUKS helper binary {HELPER_BIN} is neither beside {} nor at {HELPER_INSTALLED}; reinstall the cloudnx-agent package",
+            me.display()
+        )
+    })
 }
 
 /// Whether a peer uid may use the helper: root, the owner of `state_dir`, or the
@@ -107,18 +148,13 @@ pub fn peer_allowed(uid: u32, state_dir_owner: Option<u32>, agent_user: Option<u
 
 /// Read the header of `vol`.
 pub async fn inspect(access: &Access, vol: &LuksVolume) -> anyhow::Result<HeaderState> {
-    match access {
-        Access::InProcess => inspect::inspect(vol.device.clone()).await,
-        Access::Helper(sock) => {
-            let r = ask(sock, Action::Inspect, &vol.name).await?;
-            serde_json::from_value(r).with_context(|| {
-                format!(
-                    "reading the LUKS helper's inspect answer for volume {:?}",
-                    vol.name
-                )
-            })
-        }
-    }
+    let r = ask(access, Action::Inspect, &vol.name).await?;
+    serde_json::from_value(r).with_context(|| {
+        format!(
+            "reading the LUKS helper's inspect answer for volume {:?}",
+            vol.name
+        )
+    })
 }
 
 /// Write the header backup of `vol` to `dest` (which must not exist) and
@@ -128,101 +164,105 @@ pub async fn header_backup(
     vol: &LuksVolume,
     dest: PathBuf,
 ) -> anyhow::Result<BinaryHeader> {
-    match access {
-        Access::InProcess => inspect::header_backup(vol.device.clone(), dest).await,
-        Access::Helper(sock) => {
-            let r = ask(sock, Action::HeaderBackup, &vol.name).await?;
-            let bytes = r["bytes"]
-                .as_str()
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .with_context(|| {
-                    format!(
-                        "the LUKS helper on {} answered no base64 header bytes for volume {:?}",
-                        sock.display(),
-                        vol.name
-                    )
-                })?;
-            tokio::task::spawn_blocking(move || -> anyhow::Result<BinaryHeader> {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                f.write_all(&bytes)
-                    .with_context(|| format!("writing {}", dest.display()))?;
-                drop(f);
-                inspect::read_binary_header(&dest)
-            })
-            .await?
-        }
-    }
+    let r = ask(access, Action::HeaderBackup, &vol.name).await?;
+    let bytes = r["bytes"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .with_context(|| {
+            format!(
+                "the LUKS helper answered no base64 header bytes for volume {:?}",
+                vol.name
+            )
+        })?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<BinaryHeader> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
+        f.write_all(&bytes)
+            .with_context(|| format!("writing {}", dest.display()))?;
+        drop(f);
+        inspect::read_binary_header(&dest)
+    })
+    .await?
 }
 
 /// Open `vol` with its keyfile (the caller decided it should be opened).
-pub async fn open(access: &Access, vol: &LuksVolume, sysfs: &Path) -> Attempt {
-    match access {
-        Access::InProcess => repair::open_now(vol, sysfs).await,
-        Access::Helper(sock) => match ask(sock, Action::Open, &vol.name).await {
-            Ok(_) => Attempt::Opened,
-            // The helper checked device-mapper before using any key.
-            Err(e) if format!("{e:#}").contains("device-mapper not available") => {
-                Attempt::Impossible(format!("{e:#}"))
-            }
-            Err(e) => Attempt::Failed(format!("{e:#}")),
-        },
+pub async fn open(access: &Access, vol: &LuksVolume) -> Attempt {
+    match ask(access, Action::Open, &vol.name).await {
+        Ok(_) => Attempt::Opened,
+        // The helper checked device-mapper before using any key.
+        Err(e) if format!("{e:#}").contains("device-mapper not available") => {
+            Attempt::Impossible(format!("{e:#}"))
+        }
+        Err(e) => Attempt::Failed(format!("{e:#}")),
     }
 }
 
-/// Send one request to the helper on `sock`; the `result` of an ok answer.
-pub async fn ask(sock: &Path, action: Action, volume: &str) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let what = format!(
-        "asking the LUKS helper on {} to {} volume {volume:?}",
-        sock.display(),
-        action.verb()
-    );
+/// Send one request to the helper; the `result` of an ok answer.
+pub async fn ask(
+    access: &Access,
+    action: Action,
+    volume: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut line = serde_json::to_vec(&Request {
+        action,
+        volume: volume.to_owned(),
+    })?;
+    line.push(b'\n');
+    let (what, died) = match access {
+        Access::Helper(sock) => (
+            format!("asking the LUKS helper on {}", sock.display()),
+            "see `journalctl -u 'cloudnx-agent-luks-helper@*'`".to_owned(),
+        ),
+        Access::Child { .. } => (
+            format!("asking the LUKS helper {HELPER_BIN}"),
+            "its own error is on stderr above".to_owned(),
+        ),
+    };
+    let what = format!("{what} to {} volume {volume:?}", action.verb());
     let exchange = async {
-        let mut s = tokio::net::UnixStream::connect(sock).await.map_err(|e| {
-            let fix = match e.kind() {
-                std::io::ErrorKind::PermissionDenied => {
-                    "the socket is root:cloudnx-agent 0660: run the agent as the cloudnx-agent user or group"
+        match access {
+            Access::Helper(sock) => {
+                let mut s = tokio::net::UnixStream::connect(sock).await.map_err(|e| {
+                    let fix = match e.kind() {
+                        std::io::ErrorKind::PermissionDenied => {
+                            "the socket is root:cloudnx-agent 0660: run the agent as the cloudnx-agent user or group"
+                        }
+                        _ => {
+                            "is cloudnx-agent-luks-helper.socket enabled? (systemctl enable --now cloudnx-agent-luks-helper.socket), or set [luks] helper_socket"
+                        }
+                    };
+                    anyhow::anyhow!("connecting: {e}; {fix}")
+                })?;
+                let (mut r, mut w) = s.split();
+                exchange(&mut r, &mut w, &line).await
+            }
+            Access::Child { config } => {
+                let exe = helper_exe()?;
+                let mut cmd = tokio::process::Command::new(&exe);
+                if let Some(c) = config {
+                    cmd.arg("--config").arg(c);
                 }
-                _ => {
-                    "is cloudnx-agent-luks-helper.socket enabled? (systemctl enable --now cloudnx-agent-luks-helper.socket), or set [luks] helper_socket"
-                }
-            };
-            anyhow::anyhow!("connecting: {e}; {fix}")
-        })?;
-        let mut line = serde_json::to_vec(&Request {
-            action,
-            volume: volume.to_owned(),
-        })?;
-        line.push(b'\n');
-        s.write_all(&line)
-            .await
-            .map_err(|e| anyhow::anyhow!("sending the request: {e}"))?;
-        s.shutdown()
-            .await
-            .map_err(|e| anyhow::anyhow!("sending the request: {e}"))?;
-        // The answer is one line. Stop at its newline: a helper that exits
-        // before reading all we sent resets the connection after answering,
-        // and that reset must not throw the answer away.
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.contains(&b'\n') && buf.len() as u64 <= MAX_ANSWER {
-            match s.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => anyhow::bail!("reading the answer: {e}"),
+                let mut child = cmd
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
+                let (Some(mut w), Some(mut r)) = (child.stdin.take(), child.stdout.take()) else {
+                    anyhow::bail!("starting {}: no pipes", exe.display());
+                };
+                let answer = exchange(&mut r, &mut w, &line).await;
+                drop((r, w));
+                // Reap it (its exit status only repeats the answer's ok).
+                let _ = child.wait().await;
+                answer
             }
         }
-        anyhow::ensure!(
-            buf.len() as u64 <= MAX_ANSWER,
-            "reading the answer: longer than {MAX_ANSWER} bytes"
-        );
-        Ok::<_, anyhow::Error>(buf)
     };
     let buf = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
         .await
@@ -230,7 +270,7 @@ pub async fn ask(sock: &Path, action: Action, volume: &str) -> anyhow::Result<se
         .map_err(|e| anyhow::anyhow!("{what}: {e:#}"))?;
     let answer: serde_json::Value = serde_json::from_slice(&buf).map_err(|e| {
         anyhow::anyhow!(
-            "{what}: the answer is not JSON ({e}); an empty answer means the helper died, see `journalctl -u 'cloudnx-agent-luks-helper@*'`"
+            "{what}: the answer is not JSON ({e}); an empty answer means the helper died, {died}"
         )
     })?;
     if answer["ok"] == true {
@@ -241,9 +281,41 @@ pub async fn ask(sock: &Path, action: Action, volume: &str) -> anyhow::Result<se
     }
 }
 
+/// Write the request line, end the sending side, read the one-line answer.
+async fn exchange<R, W>(r: &mut R, w: &mut W, line: &[u8]) -> anyhow::Result<Vec<u8>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    w.write_all(line)
+        .await
+        .map_err(|e| anyhow::anyhow!("sending the request: {e}"))?;
+    w.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("sending the request: {e}"))?;
+    // The answer is one line. Stop at its newline: a helper that exits
+    // before reading all we sent resets the connection after answering,
+    // and that reset must not throw the answer away.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.contains(&b'\n') && buf.len() as u64 <= MAX_ANSWER {
+        match r.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => anyhow::bail!("reading the answer: {e}"),
+        }
+    }
+    anyhow::ensure!(
+        buf.len() as u64 <= MAX_ANSWER,
+        "reading the answer: longer than {MAX_ANSWER} bytes"
+    );
+    Ok(buf)
+}
+
 // --------------------------------------------------------------- helper side
 
-/// `cloudnx-agent luks-helper`: answer one request on stdin/stdout; exit 0 on
+/// `cloudnx-luks-helper`: answer one request on stdin/stdout; exit 0 on
 /// an ok answer, 1 otherwise.
 pub async fn serve(flag: Option<PathBuf>) -> u8 {
     let answer = match handle(flag).await {
@@ -255,7 +327,7 @@ pub async fn serve(flag: Option<PathBuf>) -> u8 {
         // The caller gets the error too; the journal keeps it for the operator
         // (`journalctl -u 'cloudnx-agent-luks-helper@*'`).
         eprintln!(
-            "cloudnx-agent luks-helper: {}",
+            "cloudnx-luks-helper: {}",
             answer["error"].as_str().unwrap_or("failed")
         );
     }
@@ -263,7 +335,7 @@ pub async fn serve(flag: Option<PathBuf>) -> u8 {
     line.push(b'\n');
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
-        eprintln!("cloudnx-agent luks-helper: writing the answer: {e}");
+        eprintln!("cloudnx-luks-helper: writing the answer: {e}");
         return 1;
     }
     if ok {
@@ -495,9 +567,14 @@ mod tests {
     }
 
     #[test]
-    fn root_works_in_process_and_anyone_else_asks_the_helper() {
-        let s = Path::new("/run/x.sock");
-        assert_eq!(Access::choose(true, s), Access::InProcess);
-        assert_eq!(Access::choose(false, s), Access::Helper(s.to_owned()));
+    fn root_runs_the_helper_as_a_child_and_anyone_else_asks_the_socket() {
+        let (s, c) = (Path::new("/run/x.sock"), Some(Path::new("/etc/a.toml")));
+        assert_eq!(
+            Access::choose(true, s, c),
+            Access::Child {
+                config: c.map(Path::to_owned)
+            }
+        );
+        assert_eq!(Access::choose(false, s, c), Access::Helper(s.to_owned()));
     }
 }

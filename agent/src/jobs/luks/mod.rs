@@ -216,7 +216,10 @@ async fn check_volume(
     errors: &mut Vec<String>,
     changed: &mut bool,
 ) -> VolumeReport {
-    let access = helper::Access::for_process(cfg);
+    let access = helper::Access::for_process(
+        cfg,
+        ctx.config.files.first().map(std::path::PathBuf::as_path),
+    );
     let header = match helper::inspect(&access, vol).await {
         Ok(h) => h,
         Err(e) => {
@@ -251,14 +254,7 @@ async fn check_volume(
         _ => None,
     };
     let mut live = snap.as_ref().and_then(live_of);
-    let repair = repair::attempt(
-        &access,
-        vol,
-        &header,
-        live.as_ref().map(|l| &l.mapping),
-        &roots.sysfs,
-    )
-    .await;
+    let repair = repair::attempt(&access, vol, &header, live.as_ref().map(|l| &l.mapping)).await;
     match &repair {
         Attempt::Skipped(_) => {}
         Attempt::Impossible(e) => errors.push(e.clone()),

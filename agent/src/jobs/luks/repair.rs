@@ -72,18 +72,17 @@ pub enum Attempt {
 }
 
 /// Open `vol` with its keyfile when it is configured, LUKS, closed and keyed
-/// (in-process or through the helper, per `access`).
+/// (through the helper, per `access`).
 pub async fn attempt(
     access: &super::helper::Access,
     vol: &LuksVolume,
     header: &HeaderState,
     mapping: Option<&Mapping>,
-    sysfs: &Path,
 ) -> Attempt {
     if let Some(why) = skip_reason(vol, header, mapping) {
         return Attempt::Skipped(why);
     }
-    super::helper::open(access, vol, sysfs).await
+    super::helper::open(access, vol).await
 }
 
 /// Open `vol` with its keyfile here and now, after checking device-mapper
