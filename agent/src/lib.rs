@@ -15,8 +15,8 @@ pub mod cli;
 pub mod config;
 /// Control-plane side: mTLS API, event outbox and pusher, TLS reload, `ctl`.
 pub mod control;
-/// Streaming OpenPGP encryption of backups.
-pub mod crypto;
+/// Streaming OpenPGP encryption of backups (the `cloudnx-crypto` crate).
+pub use cloudnx_crypto as crypto;
 /// Daemon lifecycle: sd_notify, signals, scheduler, reload.
 pub mod daemon;
 /// The four duties.

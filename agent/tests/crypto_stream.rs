@@ -90,7 +90,7 @@ fn decryption_releases_plaintext_before_the_whole_message_arrived_and_still_chec
     let plain = plaintext();
     let rcpt = cloudnx_agent::crypto::Recipients::load(&[public]).unwrap();
     let mut msg = Vec::new();
-    rcpt.encrypt(&plain[..], &mut msg).unwrap();
+    rcpt.encrypt(&mut &plain[..], &mut msg).unwrap();
 
     let (r, out, before_tail) = decrypt(&secret, msg.clone());
     assert_eq!(r.unwrap(), plain.len() as u64);

@@ -10,6 +10,10 @@
 //! Also decrypts (for the restore drill): a binary message read as a stream
 //! with an unprotected armored secret key; the MDC is checked at the end.
 //!
+//! Its own crate, with non-generic entry points (`dyn Read`/`dyn Write`), so
+//! the pgp stream code is instantiated and optimised for speed here while the
+//! agent itself is optimised for size (docs/adr/0011-binary-size.md).
+//!
 //! Must never: buffer the whole message, write plaintext anywhere but where
 //! the caller says, or accept a key it cannot encrypt to (that would silently
 //! make a backup unreadable).
@@ -60,7 +64,7 @@ impl Recipients {
 
     /// Encrypt everything `plain` yields into `out` as one OpenPGP message.
     /// Blocking: run it on a blocking thread.
-    pub fn encrypt<R: Read, W: Write>(&self, plain: R, out: W) -> anyhow::Result<()> {
+    pub fn encrypt(&self, plain: &mut dyn Read, out: &mut dyn Write) -> anyhow::Result<()> {
         let mut rng = rand::thread_rng();
         let mut builder = MessageBuilder::from_reader("", plain)
             .seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
@@ -116,10 +120,10 @@ fn encryption_subkey(key: &SignedPublicKey) -> Option<&pgp::composed::SignedPubl
 /// passphrase-less secret key at `key_path`. Returns the plaintext size.
 /// Blocking: run it on a blocking thread. Integrity (MDC) is checked: a
 /// modified message fails instead of yielding altered bytes.
-pub fn decrypt<R: std::io::BufRead + std::fmt::Debug + Send, W: Write>(
+pub fn decrypt(
     key_path: &Path,
-    input: R,
-    mut out: W,
+    input: &mut (dyn std::io::BufRead + Send),
+    out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     use pgp::composed::{Message, SignedSecretKey};
     let f = std::fs::File::open(key_path)
@@ -130,7 +134,7 @@ pub fn decrypt<R: std::io::BufRead + std::fmt::Debug + Send, W: Write>(
             key_path.display()
         )
     })?;
-    let (msg, _) = Message::from_reader(input)
+    let (msg, _) = Message::from_reader(DebugInput(input))
         .map_err(|e| anyhow::anyhow!("reading the OpenPGP message: {e}"))?;
     // Streaming SEIPD v1: rPGP's default reads the whole message into memory
     // to check the MDC before releasing plaintext (and refuses messages over
@@ -149,6 +153,30 @@ pub fn decrypt<R: std::io::BufRead + std::fmt::Debug + Send, W: Write>(
         .decrypt_the_ring(ring, true)
         .map_err(|e| anyhow::anyhow!("decrypting with {}: {e}", key_path.display()))?;
     // Reading to the end is what checks the MDC: an altered message errors here.
-    let n = std::io::copy(&mut plain, &mut out).context("decrypting the backup")?;
+    let n = std::io::copy(&mut plain, out).context("decrypting the backup")?;
     Ok(n)
+}
+
+/// pgp wants a `Debug` reader; a `dyn BufRead` is not one.
+struct DebugInput<'a>(&'a mut (dyn std::io::BufRead + Send));
+
+impl std::fmt::Debug for DebugInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenPGP message input")
+    }
+}
+
+impl Read for DebugInput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::BufRead for DebugInput<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.0.fill_buf()
+    }
+    fn consume(&mut self, n: usize) {
+        self.0.consume(n);
+    }
 }
