@@ -788,3 +788,80 @@ fn killed_pg_dump_aborts_the_s3_multipart_upload_and_stores_nothing() {
     );
     assert!(s.manifests("big").is_empty());
 }
+
+/// A root CLI run on a host whose `state_dir` belongs to the daemon's user
+/// (here `nobody`) acts as that user, so everything it writes stays usable by
+/// the daemon; the audit record still names the person who ran it.
+#[test]
+fn a_root_run_acts_as_the_state_dir_owner_and_leaves_only_files_the_daemon_can_use() {
+    use std::os::unix::fs::MetadataExt;
+    const NOBODY: u32 = 65534;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test checks what a root run does: run the suite as root (scripts/test)"
+    );
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g",
+    );
+    let s = setup();
+    for d in ["state", "metrics", "fs"] {
+        let p = s.scratch.path(d);
+        std::fs::create_dir_all(&p).unwrap();
+        nix::unistd::chown(
+            &p,
+            Some(nix::unistd::Uid::from_raw(NOBODY)),
+            Some(nix::unistd::Gid::from_raw(NOBODY)),
+        )
+        .unwrap();
+    }
+    let cfg = s.config(
+        &pg.conninfo(),
+        None,
+        "databases = [\"app\"]\nglobals = false",
+    );
+    let out = support::agent(&cfg, &["backup"]);
+    let text = support::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("running as nobody (uid 65534)"), "{text}");
+
+    // Every file the run created, in the state dir, the metrics dir and the
+    // destination, belongs to nobody.
+    fn walk(d: &Path, out: &mut Vec<(PathBuf, u32)>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            out.push((p.clone(), e.metadata().unwrap().uid()));
+            if e.file_type().unwrap().is_dir() {
+                walk(&p, out);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in ["state", "metrics", "fs"] {
+        walk(&s.scratch.path(d), &mut files);
+    }
+    assert!(files.len() > 5, "too few files: {files:?}");
+    let root_owned: Vec<_> = files.iter().filter(|(_, u)| *u != NOBODY).collect();
+    assert!(root_owned.is_empty(), "not owned by nobody: {root_owned:?}");
+    assert_eq!(s.manifests("app").len(), 1);
+
+    // The actor is still root, who ran it.
+    let audit = std::fs::read_to_string(s.scratch.path("state/audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(first["actor"], "cli:root", "{first}");
+
+    // And the daemon's user can run the next backup over those files.
+    let out = std::process::Command::new(support::require("setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(support::agent_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("backup")
+        .env_remove("CLOUDNX_AGENT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert_eq!(s.manifests("app").len(), 2);
+}
