@@ -442,35 +442,29 @@ fn serve(client: TcpStream, upstream_port: u16, st: &ProxyState) -> std::io::Res
         }
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
-        match fault {
-            Some(Fault::InternalError) => {
-                st.faults_done.fetch_add(1, Ordering::SeqCst);
-                out.write_all(&error_xml(
-                    "500 Internal Server Error",
-                    "InternalError",
-                    "We encountered an internal error. Please try again.",
-                ))?;
-                continue;
-            }
-            Some(Fault::SlowDown) => {
-                st.faults_done.fetch_add(1, Ordering::SeqCst);
-                out.write_all(&error_xml(
-                    "503 Slow Down",
-                    "SlowDown",
-                    "Please reduce your request rate.",
-                ))?;
-                continue;
-            }
-            Some(Fault::NotImplemented) => {
-                st.faults_done.fetch_add(1, Ordering::SeqCst);
-                out.write_all(&error_xml(
-                    "501 Not Implemented",
-                    "NotImplemented",
-                    "ListMultipartUploads is not implemented yet",
-                ))?;
-                continue;
-            }
-            _ => {}
+        // Faults answered with an S3 error document instead of forwarding.
+        let canned = match fault {
+            Some(Fault::InternalError) => Some((
+                "500 Internal Server Error",
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            )),
+            Some(Fault::SlowDown) => Some((
+                "503 Slow Down",
+                "SlowDown",
+                "Please reduce your request rate.",
+            )),
+            Some(Fault::NotImplemented) => Some((
+                "501 Not Implemented",
+                "NotImplemented",
+                "ListMultipartUploads is not implemented yet",
+            )),
+            _ => None,
+        };
+        if let Some((status, code, message)) = canned {
+            st.faults_done.fetch_add(1, Ordering::SeqCst);
+            out.write_all(&error_xml(status, code, message))?;
+            continue;
         }
         let mut up = TcpStream::connect(("127.0.0.1", upstream_port))?;
         let mut req = Vec::new();
