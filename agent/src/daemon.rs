@@ -5,8 +5,9 @@
 
 use crate::config::Config;
 use crate::jobs::{JobKind, JobParams};
-use crate::metrics::MetricsUpdate;
-use crate::runner::{ensure_private_dir, Runner, SubmitError, Trigger};
+use crate::metrics::{Family, MetricsUpdate};
+use crate::outbox::Severity;
+use crate::runner::{Runner, SubmitError, Trigger};
 use chrono::Utc;
 use sd_notify::NotifyState;
 use std::path::PathBuf;
@@ -31,12 +32,12 @@ fn notify(states: &[NotifyState]) {
 /// The metrics the daemon itself owns: next fire time of each scheduled kind.
 fn schedule_metrics(runner: &Runner) -> MetricsUpdate {
     let mut u = MetricsUpdate {
-        clear: vec!["cloudnx_job_next_run_timestamp_seconds"],
+        clear: vec![Family::JobNextRun],
         set: vec![],
     };
     for (k, t) in runner.next_fires(Utc::now()) {
         u.set(
-            "cloudnx_job_next_run_timestamp_seconds",
+            Family::JobNextRun,
             &[("kind", k.as_str())],
             t.timestamp() as f64,
         );
@@ -94,7 +95,7 @@ async fn write_schedule_metrics(runner: &Runner) -> anyhow::Result<()> {
 
 /// Run the daemon until SIGTERM/SIGINT. `config` is already loaded and valid.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    ensure_private_dir(&config.state_dir)?;
+    crate::fsx::ensure_private_dir(&config.state_dir)?;
     let runner = Runner::new(config_path, config);
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -104,7 +105,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     // Long-lived services; returns once the API listener (if configured) is bound,
     // so READY=1 below means the control plane can reach us.
     crate::control::start(runner.clone()).await?;
-    let checkpointer = crate::audit::checkpoint::spawn(runner.clone());
+    let checkpointer = spawn_checkpointer(runner.clone());
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(&runner)),
@@ -175,10 +176,7 @@ fn catch_up(runner: &Arc<Runner>) {
             continue;
         };
         let last = store
-            .read(
-                "cloudnx_job_last_run_timestamp_seconds",
-                &[("kind", kind.as_str())],
-            )
+            .read(Family::JobLastRun, &[("kind", kind.as_str())])
             // Whole seconds since the epoch: far inside i64.
             .and_then(|t| {
                 chrono::DateTime::from_timestamp(
@@ -241,5 +239,79 @@ async fn schedule_loop(runner: Arc<Runner>) {
         notify(&[NotifyState::Status(&status_line(&runner))]);
         let _ = publish_schedule(&runner).await;
         published = tokio::time::Instant::now();
+    }
+}
+
+/// Start the task that seals the audit head every `checkpoint_interval_seconds`
+/// and once more at shutdown; returns its handle so the caller may wait for
+/// the final seal.
+pub fn spawn_checkpointer(runner: Arc<Runner>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let token = runner.shutdown_token();
+        let mut first = true;
+        loop {
+            if !first {
+                let every = runner.config().audit.checkpoint_interval_seconds.max(1);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(every)) => {}
+                    () = token.cancelled() => {
+                        seal_pass(&runner).await;
+                        break;
+                    }
+                }
+            }
+            seal_pass(&runner).await;
+            first = false;
+        }
+    })
+}
+
+/// One sealing pass: seal, queue the event, publish the metrics. Failures are
+/// logged and retried at the next tick (the records themselves are already durable).
+async fn seal_pass(runner: &Runner) {
+    let cfg = runner.config();
+    let log = runner.audit_log();
+    let (key, host) = (cfg.audit.signing_key_file.clone(), cfg.host_id.clone());
+    let sealed = match tokio::task::spawn_blocking(move || {
+        crate::audit::checkpoint::seal(&log, &key, &host)
+    })
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!("sealing an audit checkpoint: {e:#}");
+            return;
+        }
+        Err(e) => {
+            tracing::error!("sealing an audit checkpoint: {e}");
+            return;
+        }
+    };
+    if let (true, Some(cp)) = (sealed.wrote, &sealed.last) {
+        tracing::info!(seq = cp.seq, hash = %cp.hash, "audit checkpoint sealed");
+        let data = serde_json::to_value(cp).unwrap_or_default();
+        if let Err(e) = runner.event("audit.checkpoint", Severity::Info, data).await {
+            tracing::error!("queueing the audit.checkpoint event: {e:#}");
+        }
+    }
+    let mut u = MetricsUpdate::default();
+    u.set(
+        Family::AuditRecords,
+        &[],
+        sealed.head.as_ref().map_or(0, |h| h.seq) as f64,
+    );
+    if let Some(ts) = sealed
+        .last
+        .as_ref()
+        .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c.ts).ok())
+    {
+        u.set(
+            Family::AuditLastCheckpoint,
+            &[],
+            ts.timestamp_millis() as f64 / 1000.0,
+        );
+    }
+    if let Err(e) = runner.metrics().apply_async(u).await {
+        tracing::error!("writing the audit metrics: {e:#}");
     }
 }

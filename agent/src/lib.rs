@@ -3,10 +3,12 @@
 //! checks — with metrics, an audit log and events for every run.
 //!
 //! Data flows one way: trigger (schedule, CLI, API) → [`runner`] → [`jobs`]
-//! duty → outcome → sinks ([`metrics`], [`audit`], [`control::outbox`]).
+//! duty → outcome → sinks ([`metrics`], [`audit`], [`outbox`]).
 //! See ARCHITECTURE.md for the map.
 #![deny(missing_docs)]
 
+/// Pages to Alertmanager (v2 API).
+pub mod alert;
 /// Hash-chained audit log, checkpoints, verification.
 pub mod audit;
 /// What each CLI verb does (exit codes 0/1/2).
@@ -19,12 +21,16 @@ pub mod control;
 pub use cloudnx_crypto as crypto;
 /// Daemon lifecycle: sd_notify, signals, scheduler, reload.
 pub mod daemon;
+/// File-system safety: private dirs, exclusive no-follow creation, atomic replace, locks.
+pub mod fsx;
 /// The four duties.
 pub mod jobs;
 /// tracing setup (journald or terminal).
 pub mod logging;
 /// Metrics state and the textfile exposition.
 pub mod metrics;
+/// The durable event outbox for the control plane.
+pub mod outbox;
 /// PostgreSQL helpers shared by backup and drill.
 pub mod pg;
 /// Typed Proxmox VE API client (token auth, verified TLS, UPIDs, tasks).

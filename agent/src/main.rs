@@ -45,7 +45,7 @@ enum Verb {
     /// Check every LUKS volume against the policy now.
     LuksCheck,
     /// Talk to an agent's control-plane API with a client certificate.
-    Ctl(cloudnx_agent::control::ctl::CtlArgs),
+    Ctl(cli::ctl::CtlArgs),
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -83,9 +83,9 @@ fn main() -> ExitCode {
     let code = rt.block_on(async move {
         match cli.verb {
             Verb::Run => cli::daemon(config).await,
-            Verb::CheckConfig => cli::check_config(config),
+            Verb::CheckConfig => cli::check::check_config(config),
             Verb::Backup { databases } => {
-                cli::run_job(
+                cli::job::run_job(
                     config,
                     JobKind::Backup,
                     JobParams {
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
                 .await
             }
             Verb::RestoreDrill { destination } => {
-                cli::run_job(
+                cli::job::run_job(
                     config,
                     JobKind::RestoreDrill,
                     JobParams {
@@ -109,18 +109,18 @@ fn main() -> ExitCode {
                 .await
             }
             Verb::Snapshot => {
-                cli::run_job(config, JobKind::Snapshot, JobParams::default(), json).await
+                cli::job::run_job(config, JobKind::Snapshot, JobParams::default(), json).await
             }
             Verb::LuksCheck => {
-                cli::run_job(config, JobKind::LuksCheck, JobParams::default(), json).await
+                cli::job::run_job(config, JobKind::LuksCheck, JobParams::default(), json).await
             }
-            Verb::Ctl(args) => cloudnx_agent::control::ctl::run(config, args).await,
+            Verb::Ctl(args) => cli::ctl::run(config, args).await,
             Verb::Audit {
                 verb: AuditVerb::Verify,
-            } => cloudnx_agent::audit::cli_verify(config),
+            } => cli::audit::verify(config),
             Verb::Audit {
                 verb: AuditVerb::PublicKey,
-            } => cloudnx_agent::audit::cli_public_key(config),
+            } => cli::audit::public_key(config),
         }
     });
     ExitCode::from(code)

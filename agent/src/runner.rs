@@ -9,15 +9,14 @@
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::config::{self, Config, Problems};
-use crate::control::outbox::{Event, Outbox, Severity};
+use crate::fsx;
 use crate::jobs::{self, JobContext, JobKind, JobParams, Outcome};
-use crate::metrics::{MetricsStore, MetricsUpdate};
+use crate::metrics::{Family, MetricsStore};
+use crate::outbox::{Event, Outbox, Severity};
 use crate::util::{new_id, now_rfc3339, unix_now};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -72,6 +71,17 @@ pub enum JobState {
     Failed,
 }
 
+impl JobState {
+    /// Where a finished run ended.
+    fn of(outcome: &Outcome) -> JobState {
+        if outcome.succeeded {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        }
+    }
+}
+
 /// A job as the API and the CLI show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRecord {
@@ -103,9 +113,6 @@ pub enum SubmitError {
     /// The section is absent.
     #[error("the {kind} job is not configured: add a [{section}] section to the configuration", section = .0.section(), kind = .0)]
     NotConfigured(JobKind),
-    /// The duty does not exist in this build.
-    #[error("the {0} job is not built yet in cloudnx-agent {v}", v = env!("CARGO_PKG_VERSION"))]
-    NotBuilt(JobKind),
     /// Another run of the same kind holds the lock.
     #[error("another {kind} job is already running ({holder}); try again when it has finished")]
     AlreadyRunning {
@@ -155,60 +162,68 @@ pub struct Runner {
 
 /// A held per-kind lock; released on drop.
 pub struct JobLock {
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _lock: fsx::Locked,
 }
 
 impl JobLock {
     /// Take the lock for `kind` without waiting.
     pub fn try_acquire(state_dir: &Path, kind: JobKind) -> Result<JobLock, SubmitError> {
         let dir = state_dir.join("locks");
-        ensure_private_dir(state_dir).map_err(SubmitError::Setup)?;
-        ensure_private_dir(&dir).map_err(SubmitError::Setup)?;
+        fsx::ensure_private_dir(&dir).map_err(SubmitError::Setup)?;
         let path = dir.join(format!("{kind}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| {
-                SubmitError::Setup(anyhow::anyhow!("opening lock {}: {e}", path.display()))
-            })?;
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        match fsx::lock_file(&path, false) {
             Ok(mut lock) => {
-                let _ = lock
-                    .set_len(0)
-                    .and_then(|()| lock.rewind())
-                    .and_then(|_| writeln!(lock, "{}", std::process::id()));
+                fsx::note_holder(&mut lock);
                 Ok(JobLock { _lock: lock })
             }
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                Err(SubmitError::AlreadyRunning {
-                    kind,
-                    holder: format!("pid {}, lock {}", pid.trim(), path.display()),
-                })
-            }
-            Err((_, e)) => Err(SubmitError::Setup(anyhow::anyhow!(
-                "locking {}: {e}",
-                path.display()
-            ))),
+            Err(e @ fsx::LockError::Held { .. }) => Err(SubmitError::AlreadyRunning {
+                kind,
+                holder: format!("{e}, lock {}", path.display()),
+            }),
+            Err(fsx::LockError::Io(e)) => Err(SubmitError::Setup(e)),
         }
     }
 }
 
-/// Create `dir` (mode 0700) if missing.
-pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("creating {}: {e}", dir.display())),
+/// One admitted run on its way through [`Runner::execute`].
+struct Run {
+    id: String,
+    kind: JobKind,
+    trigger: Trigger,
+    params: JobParams,
+    cfg: Arc<Config>,
+    cancel: CancellationToken,
+    lock: JobLock,
+}
+
+impl Run {
+    fn actor(&self) -> String {
+        self.trigger.actor()
+    }
+
+    /// The audit `method` and `request_id` of this run's records.
+    fn request(&self) -> (Option<String>, Option<String>) {
+        match &self.trigger {
+            Trigger::Api { request_id, .. } => (Some("POST".into()), Some(request_id.clone())),
+            _ => (None, Some(self.id.clone())),
+        }
+    }
+
+    fn audit_entry(&self, action: &str, detail: serde_json::Value) -> AuditEntry {
+        let (method, request_id) = self.request();
+        AuditEntry {
+            actor: self.actor(),
+            method,
+            path: Some(format!("/v1/jobs/{}", self.kind)),
+            request_id,
+            action: action.into(),
+            detail,
+            ..Default::default()
+        }
+    }
+
+    fn audit_log(&self) -> AuditLog {
+        AuditLog::new(&self.cfg.audit.path, self.cfg.audit.rotate_bytes)
     }
 }
 
@@ -242,7 +257,8 @@ impl Runner {
 
     /// The audit log of the configuration in force.
     pub fn audit_log(&self) -> AuditLog {
-        AuditLog::new(&self.config().audit)
+        let c = self.config();
+        AuditLog::new(&c.audit.path, c.audit.rotate_bytes)
     }
 
     /// Append an audit record (from the API or the daemon).
@@ -304,9 +320,6 @@ impl Runner {
         if kind.schedule(cfg).is_none() {
             return Err(SubmitError::NotConfigured(kind));
         }
-        if !kind.built() {
-            return Err(SubmitError::NotBuilt(kind));
-        }
         if let Some((id, _)) = self.lock_table().running.get(&kind) {
             return Err(SubmitError::AlreadyRunning {
                 kind,
@@ -355,12 +368,22 @@ impl Runner {
     fn prepare(
         &self,
         kind: JobKind,
-        trigger: &Trigger,
-    ) -> Result<(Arc<Config>, JobLock, JobRecord, CancellationToken), SubmitError> {
+        trigger: Trigger,
+        params: JobParams,
+    ) -> Result<(Run, JobRecord), SubmitError> {
         let cfg = self.config();
         let lock = self.admit(kind, &cfg)?;
-        let (rec, cancel) = self.enqueue(kind, trigger);
-        Ok((cfg, lock, rec, cancel))
+        let (rec, cancel) = self.enqueue(kind, &trigger);
+        let run = Run {
+            id: rec.id.clone(),
+            kind,
+            trigger,
+            params,
+            cfg,
+            cancel,
+            lock,
+        };
+        Ok((run, rec))
     }
 
     /// Start a job in the background; returns its queued record at once.
@@ -370,13 +393,9 @@ impl Runner {
         trigger: Trigger,
         params: JobParams,
     ) -> Result<JobRecord, SubmitError> {
-        let (cfg, lock, rec, cancel) = self.prepare(kind, &trigger)?;
+        let (run, rec) = self.prepare(kind, trigger, params)?;
         let me = self.clone();
-        let id = rec.id.clone();
-        self.tasks.spawn(async move {
-            me.execute(id, kind, trigger, params, cfg, cancel, lock)
-                .await
-        });
+        self.tasks.spawn(async move { me.execute(run).await });
         Ok(rec)
     }
 
@@ -387,10 +406,8 @@ impl Runner {
         trigger: Trigger,
         params: JobParams,
     ) -> Result<JobRecord, SubmitError> {
-        let (cfg, lock, rec, cancel) = self.prepare(kind, &trigger)?;
-        Ok(self
-            .execute(rec.id, kind, trigger, params, cfg, cancel, lock)
-            .await)
+        let (run, _) = self.prepare(kind, trigger, params)?;
+        Ok(self.execute(run).await)
     }
 
     /// A job record by id (bounded history).
@@ -438,130 +455,122 @@ impl Runner {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn execute(
-        &self,
-        id: String,
-        kind: JobKind,
-        trigger: Trigger,
-        params: JobParams,
-        cfg: Arc<Config>,
-        cancel: CancellationToken,
-        lock: JobLock,
-    ) -> JobRecord {
+    /// lock (held by `run`) → running → audit start → duty → metrics → audit
+    /// finish → event (and page) → finished; the lock goes with `run`.
+    async fn execute(&self, run: Run) -> JobRecord {
         let started = std::time::Instant::now();
-        let actor = trigger.actor();
-        self.update(&id, |r| {
+        self.mark_running(&run);
+        let outcome = self.run_duty(&run).await;
+        let duration = started.elapsed();
+        self.record_metrics(&run, &outcome, duration.as_secs_f64())
+            .await;
+        self.audit_finish(&run, &outcome, duration).await;
+        self.report(&run, &outcome, duration.as_secs_f64()).await;
+        self.finish(run, outcome, duration.as_secs_f64())
+    }
+
+    fn mark_running(&self, run: &Run) {
+        self.update(&run.id, |r| {
             r.state = JobState::Running;
             r.started_at = Some(now_rfc3339());
         });
-        tracing::info!(job = %id, kind = %kind, actor = %actor, "job started");
+        tracing::info!(job = %run.id, kind = %run.kind, actor = %run.actor(), "job started");
         self.jobs_changed.notify_one();
-        let ctx = JobContext {
-            id: id.clone(),
-            kind,
-            config: cfg.clone(),
-            params: params.clone(),
-            cancel,
-            actor: actor.clone(),
-            audit_log: AuditLog::new(&cfg.audit),
-            outbox: Outbox::new(&cfg.state_dir),
-        };
-        let (method, request_id) = match &trigger {
-            Trigger::Api { request_id, .. } => (Some("POST".to_owned()), Some(request_id.clone())),
-            _ => (None, Some(id.clone())),
-        };
-        let start_entry = AuditEntry {
-            actor: actor.clone(),
-            method: method.clone(),
-            path: Some(format!("/v1/jobs/{kind}")),
-            request_id: request_id.clone(),
-            action: "job.start".into(),
-            detail: serde_json::json!({"job_id": id, "kind": kind, "params": params}),
-            ..Default::default()
-        };
-        // Fail closed: a job whose start cannot be audited does not run.
-        let outcome = match self.audit_with(&cfg, start_entry).await {
-            Err(e) => Outcome::failure(
+    }
+
+    /// Audit the start, then run the duty. Fail closed: a job whose start
+    /// cannot be audited does not run.
+    async fn run_duty(&self, run: &Run) -> Outcome {
+        let start = run.audit_entry(
+            "job.start",
+            serde_json::json!({"job_id": run.id, "kind": run.kind, "params": run.params}),
+        );
+        if let Err(e) = run.audit_log().append_async(start).await {
+            return Outcome::failure(
                 format!("writing the audit record for the job start: {e:#}"),
                 serde_json::Value::Null,
-            ),
-            Ok(_) => match jobs::run(&ctx).await {
-                Ok(o) => o,
-                Err(e) => Outcome::failure(format!("{e:#}"), serde_json::Value::Null),
-            },
+            );
+        }
+        let ctx = JobContext {
+            id: run.id.clone(),
+            kind: run.kind,
+            config: run.cfg.clone(),
+            params: run.params.clone(),
+            cancel: run.cancel.clone(),
+            actor: run.actor(),
+            audit_log: run.audit_log(),
+            outbox: Outbox::new(&run.cfg.state_dir),
         };
-        let duration = started.elapsed().as_secs_f64();
-        let now = unix_now();
+        match jobs::run(&ctx).await {
+            Ok(o) => o,
+            Err(e) => Outcome::failure(format!("{e:#}"), serde_json::Value::Null),
+        }
+    }
 
-        let mut update = MetricsUpdate {
-            clear: outcome.metrics.clear.clone(),
-            set: outcome.metrics.set.clone(),
-        };
-        let k = kind.as_str();
+    /// The duty's series plus the `cloudnx_job_*` ones every kind has.
+    async fn record_metrics(&self, run: &Run, outcome: &Outcome, duration: f64) {
+        let now = unix_now();
+        let mut update = outcome.metrics.clone();
+        let k = [("kind", run.kind.as_str())];
+        update.set(Family::JobLastRun, &k, now);
+        update.set(Family::JobLastDuration, &k, duration);
         update.set(
-            "cloudnx_job_last_run_timestamp_seconds",
-            &[("kind", k)],
-            now,
-        );
-        update.set(
-            "cloudnx_job_last_duration_seconds",
-            &[("kind", k)],
-            duration,
-        );
-        update.set(
-            "cloudnx_job_last_status",
-            &[("kind", k)],
+            Family::JobLastStatus,
+            &k,
             if outcome.succeeded { 1.0 } else { 0.0 },
         );
         if outcome.succeeded {
-            update.set(
-                "cloudnx_job_last_success_timestamp_seconds",
-                &[("kind", k)],
-                now,
-            );
+            update.set(Family::JobLastSuccess, &k, now);
         }
-        let store = MetricsStore::new(&cfg.state_dir, &cfg.textfile_dir, &cfg.host_id);
+        let c = &run.cfg;
+        let store = MetricsStore::new(&c.state_dir, &c.textfile_dir, &c.host_id);
         if let Err(e) = store.apply_async(update).await {
-            tracing::error!(job = %id, "writing metrics: {e:#}");
+            tracing::error!(job = %run.id, "writing metrics: {e:#}");
         }
+    }
 
-        let state = if outcome.succeeded {
-            JobState::Succeeded
-        } else {
-            JobState::Failed
-        };
-        let finish_entry = AuditEntry {
-            actor: actor.clone(),
-            method,
-            path: Some(format!("/v1/jobs/{kind}")),
-            request_id,
-            duration_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
-            action: "job.finish".into(),
-            detail: serde_json::json!({"job_id": id, "kind": kind, "state": state, "changed": outcome.changed, "error": outcome.error}),
-            ..Default::default()
-        };
-        if let Err(e) = self.audit_with(&cfg, finish_entry).await {
-            tracing::error!(job = %id, "writing the audit record for the job finish: {e:#}");
+    async fn audit_finish(&self, run: &Run, outcome: &Outcome, duration: std::time::Duration) {
+        let mut entry = run.audit_entry(
+            "job.finish",
+            serde_json::json!({"job_id": run.id, "kind": run.kind, "state": JobState::of(outcome), "changed": outcome.changed, "error": outcome.error}),
+        );
+        entry.duration_ms = Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = run.audit_log().append_async(entry).await {
+            tracing::error!(job = %run.id, "writing the audit record for the job finish: {e:#}");
         }
+    }
+
+    /// The `job.finished` event, and the page a failed kind asks for.
+    async fn report(&self, run: &Run, outcome: &Outcome, duration: f64) {
         let severity = if outcome.succeeded {
             Severity::Info
         } else {
-            kind.failure_severity()
+            run.kind.failure_severity()
         };
         let ev = Event::new(
-            &cfg.host_id,
+            &run.cfg.host_id,
             "job.finished",
             severity,
             serde_json::json!({
-                "job_id": id, "kind": kind, "state": state, "actor": actor, "duration_seconds": duration,
-                "error": outcome.error, "summary": outcome.summary, "result": outcome.result,
+                "job_id": run.id, "kind": run.kind, "state": JobState::of(outcome), "actor": run.actor(),
+                "duration_seconds": duration, "error": outcome.error, "summary": outcome.summary,
+                "result": outcome.result,
             }),
         );
-        if let Err(e) = Outbox::new(&cfg.state_dir).push_async(ev).await {
-            tracing::error!(job = %id, "queueing the job.finished event: {e:#}");
+        if let Err(e) = Outbox::new(&run.cfg.state_dir).push_async(ev).await {
+            tracing::error!(job = %run.id, "queueing the job.finished event: {e:#}");
         }
+        if let (Some(page), Some(url)) = (&outcome.page, run.kind.pager(&run.cfg)) {
+            if let Err(e) = crate::alert::send(url, &run.cfg.host_id, page).await {
+                tracing::error!(job = %run.id, "paging Alertmanager at {url}: {e:#}");
+            }
+        }
+    }
 
+    /// Record the end in the job table, free the kind (and its lock).
+    fn finish(&self, run: Run, outcome: Outcome, duration: f64) -> JobRecord {
+        let Run { id, kind, lock, .. } = run;
+        let state = JobState::of(&outcome);
         let finished_at = now_rfc3339();
         let rec = self.update(&id, |r| {
             r.state = state;
@@ -583,7 +592,7 @@ impl Runner {
                 },
             );
             if outcome.succeeded {
-                t.last_success.insert(kind, finished_at);
+                t.last_success.insert(kind, finished_at.clone());
             }
         }
         drop(lock);
@@ -597,22 +606,19 @@ impl Runner {
                 tracing::error!(job = %id, kind = %kind, duration_s = format!("{duration:.1}"), "job failed: {e}")
             }
         }
+        // The record left the bounded table only if 64 newer jobs were queued meanwhile.
         rec.unwrap_or_else(|| JobRecord {
             id,
             kind,
             state,
-            actor,
+            actor: String::new(),
             queued_at: String::new(),
             started_at: None,
-            finished_at: Some(now_rfc3339()),
-            error: outcome.error.clone(),
-            summary: Some(outcome.summary.clone()),
-            result: outcome.result.clone(),
+            finished_at: Some(finished_at),
+            error: outcome.error,
+            summary: Some(outcome.summary),
+            result: outcome.result,
         })
-    }
-
-    async fn audit_with(&self, cfg: &Config, entry: AuditEntry) -> anyhow::Result<u64> {
-        AuditLog::new(&cfg.audit).append_async(entry).await
     }
 }
 

@@ -5,7 +5,7 @@
 mod support;
 
 use cloudnx_agent::audit::checkpoint::{self, Checkpoint};
-use cloudnx_agent::control::outbox::Outbox;
+use cloudnx_agent::outbox::Outbox;
 use cloudnx_agent::runner::Runner;
 use std::time::{Duration, Instant};
 use support::audit::{mixed_entry, AuditScratch};
@@ -33,7 +33,7 @@ async fn new_records_are_sealed_sent_off_host_and_exported_as_metrics() {
     for i in 1..=3 {
         runner.audit(mixed_entry(i)).await.unwrap();
     }
-    let task = checkpoint::spawn(runner.clone());
+    let task = cloudnx_agent::daemon::spawn_checkpointer(runner.clone());
     wait_for("a checkpoint at seq 3", || {
         checkpoints(&s).last().is_some_and(|c| c.seq == 3)
     })
@@ -96,7 +96,7 @@ async fn shutdown_seals_the_records_appended_since_the_last_checkpoint() {
     let s = AuditScratch::with("checkpoint_interval_seconds = 3600\n");
     let runner = Runner::new(s.config_path.clone(), s.config.clone());
     runner.audit(mixed_entry(1)).await.unwrap();
-    let task = checkpoint::spawn(runner.clone());
+    let task = cloudnx_agent::daemon::spawn_checkpointer(runner.clone());
     wait_for("the start-up checkpoint", || checkpoints(&s).len() == 1).await;
     for i in 2..=4 {
         runner.audit(mixed_entry(i)).await.unwrap();
@@ -118,16 +118,30 @@ async fn shutdown_seals_the_records_appended_since_the_last_checkpoint() {
 fn sealing_twice_without_new_records_writes_one_checkpoint() {
     let s = AuditScratch::new(1 << 20);
     s.log().append(mixed_entry(1)).unwrap();
-    let a = checkpoint::seal(&s.config.audit, &s.config.host_id).unwrap();
-    let b = checkpoint::seal(&s.config.audit, &s.config.host_id).unwrap();
+    let a = checkpoint::seal(
+        &s.log(),
+        &s.config.audit.signing_key_file,
+        &s.config.host_id,
+    )
+    .unwrap();
+    let b = checkpoint::seal(
+        &s.log(),
+        &s.config.audit.signing_key_file,
+        &s.config.host_id,
+    )
+    .unwrap();
     assert!(a.wrote && !b.wrote);
     assert_eq!(a.last, b.last);
     assert_eq!(checkpoints(&s).len(), 1);
     // An empty log has nothing to seal.
     let empty = AuditScratch::new(1 << 20);
     assert!(
-        !checkpoint::seal(&empty.config.audit, &empty.config.host_id)
-            .unwrap()
-            .wrote
+        !checkpoint::seal(
+            &empty.log(),
+            &empty.config.audit.signing_key_file,
+            &empty.config.host_id
+        )
+        .unwrap()
+        .wrote
     );
 }

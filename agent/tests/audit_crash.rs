@@ -32,7 +32,7 @@ fn spawn_appender(s: &AuditScratch, count: u64, pad: usize, tag: &str) -> Child 
 /// The child side: append through the library as told, then exit.
 fn child_appends(config: &str) {
     let cfg = cloudnx_agent::config::load(Path::new(config)).expect("child config");
-    let log = cloudnx_agent::audit::AuditLog::new(&cfg.audit);
+    let log = cloudnx_agent::audit::AuditLog::new(&cfg.audit.path, cfg.audit.rotate_bytes);
     let count: u64 = std::env::var("CNX_AUDIT_CHILD_COUNT")
         .unwrap()
         .parse()

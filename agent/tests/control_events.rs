@@ -5,7 +5,7 @@
 
 mod support;
 
-use cloudnx_agent::control::outbox::{Event, Outbox, Severity};
+use cloudnx_agent::outbox::{Event, Outbox, Severity};
 use serde_json::{json, Value};
 use support::control_plane::{metric, wait_for, ControlPlane, Daemon, Mode};
 use support::tls::Pki;

@@ -6,7 +6,7 @@
 
 mod support;
 
-use cloudnx_agent::control::outbox::Outbox;
+use cloudnx_agent::outbox::Outbox;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::control_plane::{client, AgentHost};

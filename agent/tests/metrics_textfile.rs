@@ -141,7 +141,7 @@ fn a_thousand_scrapes_during_continuous_rewrites_never_see_a_torn_file() {
                 // Many series so a torn read would cut through the middle of the file.
                 for db in 0..200 {
                     u.set(
-                        "cloudnx_backup_last_size_bytes",
+                        cloudnx_agent::metrics::Family::BackupLastSize,
                         &[("database", &format!("db{db}"))],
                         (i * 1000 + db) as f64,
                     );

@@ -297,9 +297,9 @@ fn cloudnx_metrics(text: &str) -> Vec<String> {
 
 #[test]
 fn alert_rules_and_dashboard_use_only_metrics_the_agent_exports() {
-    let known: Vec<&str> = cloudnx_agent::metrics::FAMILIES
+    let known: Vec<&str> = cloudnx_agent::metrics::Family::ALL
         .iter()
-        .map(|(n, _, _)| *n)
+        .map(|f| f.name())
         .collect();
     for file in [
         "packaging/prometheus/cloudnx-agent.rules.yml",
@@ -314,7 +314,7 @@ fn alert_rules_and_dashboard_use_only_metrics_the_agent_exports() {
             }
             assert!(
                 known.contains(&m.as_str()),
-                "{file} uses {m}, which metrics.rs FAMILIES does not export"
+                "{file} uses {m}, which metrics.rs Family does not export"
             );
         }
     }

@@ -1,25 +1,19 @@
 //! Signed checkpoints: the head of the chain sealed as
 //! `{"seq","hash","ts","signature"}` in `{path}.checkpoints`, the signature
 //! being Ed25519 over `"cloudnx-audit-checkpoint\n{host_id}\n{seq}\n{hash}\n"`
-//! (SPEC §7). The daemon seals every `checkpoint_interval_seconds` when there
-//! are new records and queues each checkpoint as an event, so a copy of the
-//! head lives off the host.
+//! (SPEC §7). The daemon (`daemon.rs`) seals every `checkpoint_interval_seconds`
+//! when there are new records and queues each checkpoint as an event, so a
+//! copy of the head lives off the host.
 
 use super::files::read_tail;
 use super::log::{set_aside_torn_tail, AuditLog};
 use super::record::Head;
-use crate::config::AuditConfig;
-use crate::control::outbox::Severity;
-use crate::metrics::MetricsUpdate;
-use crate::runner::Runner;
 use anyhow::Context;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
 /// One line of `{path}.checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,17 +76,10 @@ pub struct Sealed {
 
 /// Seal the head if it is newer than the last checkpoint (blocking). Holds the
 /// log's writer lock, so the head cannot move while it is sealed.
-pub fn seal(cfg: &AuditConfig, host_id: &str) -> anyhow::Result<Sealed> {
-    let log = AuditLog::new(cfg);
+pub fn seal(log: &AuditLog, key_file: &Path, host_id: &str) -> anyhow::Result<Sealed> {
     let mut locked = log.lock()?;
     let path = log.files().checkpoints();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .mode(0o640)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let (mut file, _) = crate::fsx::open_append(&path, 0o640)?;
     let tail = read_tail(&mut file).with_context(|| format!("reading {}", path.display()))?;
     let last: Option<Checkpoint> = match &tail.last_line {
         None => None,
@@ -112,7 +99,7 @@ pub fn seal(cfg: &AuditConfig, host_id: &str) -> anyhow::Result<Sealed> {
             torn.bytes,
             torn.set_aside_to.display()
         );
-        locked.append(super::AuditEntry {
+        locked.append(super::record::AuditEntry {
             actor: "agent".into(),
             action: "audit.torn_tail".into(),
             detail: serde_json::json!({
@@ -133,7 +120,7 @@ pub fn seal(cfg: &AuditConfig, host_id: &str) -> anyhow::Result<Sealed> {
             wrote: false,
         });
     };
-    let key = super::key::load_or_create(cfg)?;
+    let key = super::key::load_or_create(key_file)?;
     let cp = Checkpoint::sign(&key, host_id, h);
     let mut line = cp.to_line();
     line.push(b'\n');
@@ -145,75 +132,6 @@ pub fn seal(cfg: &AuditConfig, host_id: &str) -> anyhow::Result<Sealed> {
         last: Some(cp),
         wrote: true,
     })
-}
-
-/// Start the daemon task that seals the head every `checkpoint_interval_seconds`
-/// and once more at shutdown; returns its handle so the caller may wait for
-/// the final seal.
-pub fn spawn(runner: Arc<Runner>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let token = runner.shutdown_token();
-        let mut first = true;
-        loop {
-            if !first {
-                let every = runner.config().audit.checkpoint_interval_seconds.max(1);
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(every)) => {}
-                    () = token.cancelled() => {
-                        pass(&runner).await;
-                        break;
-                    }
-                }
-            }
-            pass(&runner).await;
-            first = false;
-        }
-    })
-}
-
-/// One sealing pass: seal, queue the event, publish the metrics. Failures are
-/// logged and retried at the next tick (the records themselves are already durable).
-async fn pass(runner: &Runner) {
-    let cfg = runner.config();
-    let (audit, host) = (cfg.audit.clone(), cfg.host_id.clone());
-    let sealed = match tokio::task::spawn_blocking(move || seal(&audit, &host)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::error!("sealing an audit checkpoint: {e:#}");
-            return;
-        }
-        Err(e) => {
-            tracing::error!("sealing an audit checkpoint: {e}");
-            return;
-        }
-    };
-    if let (true, Some(cp)) = (sealed.wrote, &sealed.last) {
-        tracing::info!(seq = cp.seq, hash = %cp.hash, "audit checkpoint sealed");
-        let data = serde_json::to_value(cp).unwrap_or_default();
-        if let Err(e) = runner.event("audit.checkpoint", Severity::Info, data).await {
-            tracing::error!("queueing the audit.checkpoint event: {e:#}");
-        }
-    }
-    let mut u = MetricsUpdate::default();
-    u.set(
-        "cloudnx_audit_records_total",
-        &[],
-        sealed.head.as_ref().map_or(0, |h| h.seq) as f64,
-    );
-    if let Some(ts) = sealed
-        .last
-        .as_ref()
-        .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c.ts).ok())
-    {
-        u.set(
-            "cloudnx_audit_last_checkpoint_timestamp_seconds",
-            &[],
-            ts.timestamp_millis() as f64 / 1000.0,
-        );
-    }
-    if let Err(e) = runner.metrics().apply_async(u).await {
-        tracing::error!("writing the audit metrics: {e:#}");
-    }
 }
 
 #[cfg(test)]

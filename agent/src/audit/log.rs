@@ -7,10 +7,8 @@
 use super::files::{read_tail, LogFiles, Tail};
 use super::record::{sha256_hex, AuditEntry, Head, Record};
 use anyhow::{bail, Context};
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Mode of the log files (the agent's group may read them for audits).
@@ -39,11 +37,11 @@ pub struct TornTail {
 }
 
 impl AuditLog {
-    /// The log described by the configuration.
-    pub fn new(cfg: &crate::config::AuditConfig) -> Self {
+    /// The log whose active file is `path`, rotated past `rotate_bytes`.
+    pub fn new(path: &Path, rotate_bytes: u64) -> Self {
         AuditLog {
-            files: LogFiles::new(&cfg.path),
-            rotate_bytes: cfg.rotate_bytes.max(1),
+            files: LogFiles::new(path),
+            rotate_bytes: rotate_bytes.max(1),
         }
     }
 
@@ -76,16 +74,7 @@ impl AuditLog {
         if let Some(dir) = active.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let lock_path = self.files.lock();
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| format!("opening audit lock {}", lock_path.display()))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+        let lock = crate::fsx::lock_file(&self.files.lock(), true).map_err(anyhow::Error::from)?;
         let mut file = open_append(active)?;
         let tail = read_tail(&mut file).with_context(|| format!("reading {}", active.display()))?;
         let head = match &tail.last_line {
@@ -152,15 +141,9 @@ fn head_of(line: &[u8], file: &Path) -> anyhow::Result<Head> {
 }
 
 fn open_append(path: &Path) -> anyhow::Result<File> {
-    let existed = path.exists();
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .mode(LOG_MODE)
-        .open(path)
-        .with_context(|| format!("opening audit log {}", path.display()))?;
-    if !existed {
+    let (f, created) = crate::fsx::open_append(path, LOG_MODE)
+        .with_context(|| format!("opening the audit log {}", path.display()))?;
+    if created {
         sync_dir(path)?;
     }
     Ok(f)
@@ -168,13 +151,7 @@ fn open_append(path: &Path) -> anyhow::Result<File> {
 
 /// fsync the directory holding `path` (a created or renamed entry survives a crash).
 pub(crate) fn sync_dir(path: &Path) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+    crate::fsx::sync_dir(crate::fsx::parent_of(path))
 }
 
 /// Move the bytes after the last newline of `file` to a new side file, then
@@ -192,12 +169,7 @@ pub(crate) fn set_aside_torn_tail(
     file.read_to_end(&mut bytes)
         .with_context(|| format!("reading the torn tail of {}", path.display()))?;
     let side = files.torn_side_file(path, after_seq);
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(LOG_MODE)
-        .open(&side)
-        .with_context(|| format!("creating {}", side.display()))?;
+    let mut f = crate::fsx::create_new(&side, LOG_MODE)?;
     f.write_all(&bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", side.display()))?;
@@ -217,7 +189,7 @@ pub(crate) fn set_aside_torn_tail(
 /// The log held exclusively by this process.
 pub(crate) struct Locked<'a> {
     log: &'a AuditLog,
-    _lock: Flock<File>,
+    _lock: crate::fsx::Locked,
     file: File,
     len: u64,
     /// The newest record (None: the log is empty).

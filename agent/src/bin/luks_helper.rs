@@ -3,7 +3,7 @@
 //! libcryptsetup. Started by systemd per connection on
 //! `/run/cloudnx-agent-luks-helper.sock`, or as a child of a root
 //! `cloudnx-agent`: one JSON request on stdin, one JSON answer on stdout
-//! (`cloudnx_agent::jobs::luks::helper::serve`).
+//! (`cloudnx_agent::jobs::luks::helper_server::serve`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,5 +48,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    ExitCode::from(rt.block_on(cloudnx_agent::jobs::luks::helper::serve(config)))
+    ExitCode::from(rt.block_on(cloudnx_agent::jobs::luks::helper_server::serve(config)))
 }

@@ -5,7 +5,7 @@
 //! Owns: HTTP semantics of the API. Never: runs a job or reloads the
 //! configuration itself — it calls [`Runner::submit`] and [`Runner::reload`].
 
-use super::Shared;
+use super::shared::Shared;
 use crate::audit::AuditEntry;
 use crate::jobs::{JobKind, JobParams};
 use crate::runner::{SubmitError, Trigger};
@@ -31,35 +31,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Names in the verified client certificate.
     pub identity: super::tls::Identity,
-}
-
-/// A token bucket per client identity: `rate` requests per second sustained,
-/// bursts of `2 × rate`.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    buckets: HashMap<String, (f64, Instant)>,
-}
-
-impl RateLimiter {
-    /// Take one token for `who` at `now`; false when the budget is spent.
-    pub fn allow(&mut self, who: &str, rate: u32, now: Instant) -> bool {
-        let rate = f64::from(rate.max(1));
-        let burst = 2.0 * rate;
-        // Identities come from certificates of our own CA: few. Still bound it.
-        if self.buckets.len() > 10_000 {
-            self.buckets
-                .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
-        }
-        let (tokens, last) = self.buckets.entry(who.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// What a route produced.
@@ -99,7 +70,6 @@ pub fn submit_error_status(e: &SubmitError) -> (StatusCode, &'static str) {
         // The request is well-formed but this host cannot run that job: the
         // control plane must not retry it as if it were busy (409).
         SubmitError::NotConfigured(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_configured"),
-        SubmitError::NotBuilt(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_built"),
         SubmitError::Setup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "setup_failed"),
     }
 }
@@ -255,7 +225,7 @@ async fn route(
             None => Reply::error(
                 StatusCode::NOT_FOUND,
                 "api.job",
-                format!("no job {id} in the recent history of this agent (records are kept for the last 256 jobs of this daemon)"),
+                format!("no job {id} in the recent history of this agent (records are kept for the last {} jobs of this daemon)", crate::runner::KEEP_RECORDS),
             ),
         },
         (&Method::GET | &Method::HEAD, ["v1", "audit"]) => audit_page(shared, query).await,
@@ -383,7 +353,6 @@ async fn status(shared: &Arc<Shared>) -> Value {
             k.as_str().into(),
             json!({
                 "configured": k.schedule(&cfg).is_some(),
-                "built": k.built(),
                 "running": r.is_running(k),
                 "next_run": next.get(&k),
                 "last_run": last.get(&k),
@@ -396,7 +365,7 @@ async fn status(shared: &Arc<Shared>) -> Value {
         .get(&JobKind::LuksCheck)
         .and_then(|l| r.job(&l.id))
         .map(|j| j.result.get("volumes").cloned().unwrap_or(j.result));
-    let outbox = super::outbox::Outbox::new(&cfg.state_dir);
+    let outbox = crate::outbox::Outbox::new(&cfg.state_dir);
     let pending = tokio::task::spawn_blocking(move || outbox.pending().map(|p| p.len()))
         .await
         .ok()
@@ -513,7 +482,6 @@ mod tests {
                 422,
                 "not_configured",
             ),
-            (SubmitError::NotBuilt(JobKind::Backup), 422, "not_built"),
             (
                 SubmitError::Setup(anyhow::anyhow!("disk full")),
                 500,
@@ -527,17 +495,6 @@ mod tests {
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn rate_limiter_allows_a_burst_then_the_sustained_rate_per_identity() {
-        let mut l = RateLimiter::default();
-        let t0 = Instant::now();
-        let burst = (0..30).filter(|_| l.allow("a", 10, t0)).count();
-        assert_eq!(burst, 20, "burst is twice the rate");
-        assert!(l.allow("b", 10, t0), "another identity has its own budget");
-        assert!(!l.allow("a", 10, t0 + Duration::from_millis(50)));
-        assert!(l.allow("a", 10, t0 + Duration::from_millis(150)));
     }
 
     #[test]

@@ -7,120 +7,16 @@
 //! through [`Runner::submit`] like every other trigger.
 
 pub mod api;
-pub mod ctl;
-pub mod outbox;
+pub mod limit;
 pub mod pusher;
 pub mod server;
+pub mod shared;
 pub mod tls;
 
-use crate::audit::AuditEntry;
-use crate::config::ControlPlaneConfig;
-use crate::metrics::MetricsUpdate;
 use crate::runner::Runner;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+pub use shared::Shared;
+use std::sync::Arc;
 use std::time::Duration;
-
-/// State shared by the API, the pusher and the certificate watcher.
-pub struct Shared {
-    /// The one runner.
-    pub runner: Arc<Runner>,
-    /// TLS material in force; swapped whole on a successful reload.
-    tls: RwLock<Arc<tls::Material>>,
-    /// RFC 3339 start time of the daemon.
-    pub started_at: String,
-    /// Per-identity request budget.
-    pub limiter: Mutex<api::RateLimiter>,
-    /// Wakes the pusher (new event, new certificate).
-    pub wake: tokio::sync::Notify,
-    reload_failures: AtomicU64,
-}
-
-impl Shared {
-    /// The TLS material in force.
-    pub fn tls(&self) -> Arc<tls::Material> {
-        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The `[control_plane]` in force (None if a reload removed it).
-    pub fn cp(&self) -> Option<ControlPlaneConfig> {
-        self.runner.config().control_plane.clone()
-    }
-
-    /// Reload certificate, key, CA and CRL from the files the configuration
-    /// names. A pair that fails validation is refused: the old material stays
-    /// in force, the failure is logged, counted and audited.
-    pub async fn reload_tls(&self, why: &str) {
-        let Some(cp) = self.cp() else { return };
-        let old_serial = self.tls().cert_serial.clone();
-        let loaded = {
-            let cp = cp.clone();
-            tokio::task::spawn_blocking(move || tls::load(&cp))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("reload task failed: {e}")))
-        };
-        let detail = match &loaded {
-            Ok(m) => {
-                tracing::info!(serial = %m.cert_serial, "TLS certificate reloaded ({why}); new connections use it");
-                serde_json::json!({"accepted": true, "reason": why, "serial": m.cert_serial,
-                    "previous_serial": old_serial, "not_after": m.cert_not_after})
-            }
-            Err(e) => {
-                let n = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(
-                    "TLS reload refused ({why}), the previous certificate stays in force: {e:#}"
-                );
-                serde_json::json!({"accepted": false, "reason": why, "error": format!("{e:#}"),
-                    "serving_serial": old_serial, "failures": n})
-            }
-        };
-        if let Ok(m) = loaded {
-            *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(m);
-            self.wake.notify_one();
-        }
-        self.publish_tls_metrics().await;
-        let entry = AuditEntry {
-            actor: "daemon".into(),
-            action: "tls.reload".into(),
-            detail,
-            ..Default::default()
-        };
-        if let Err(e) = self.runner.audit(entry).await {
-            tracing::error!("could not audit the TLS reload: {e:#}");
-        }
-    }
-
-    async fn publish_tls_metrics(&self) {
-        let m = self.tls();
-        let mut u = MetricsUpdate::default();
-        #[allow(clippy::cast_precision_loss)]
-        {
-            u.set(
-                "cloudnx_tls_certificate_expiry_timestamp_seconds",
-                &[("cert", "agent")],
-                m.cert_not_after as f64,
-            );
-            u.set(
-                "cloudnx_tls_certificate_expiry_timestamp_seconds",
-                &[("cert", "ca")],
-                m.ca_not_after as f64,
-            );
-            u.set(
-                "cloudnx_tls_reload_failures_total",
-                &[],
-                self.reload_failures.load(Ordering::Relaxed) as f64,
-            );
-        }
-        apply_metrics(&self.runner, u).await;
-    }
-}
-
-/// Apply a metrics update from async code, logging (not failing) on error.
-pub(crate) async fn apply_metrics(runner: &Runner, u: MetricsUpdate) {
-    if let Err(e) = runner.metrics().apply_async(u).await {
-        tracing::error!("writing metrics: {e:#}");
-    }
-}
 
 /// Start the control-plane services of the daemon (API listener, event pusher,
 /// heartbeat, certificate watcher). Returns once the listener is bound, so
@@ -135,14 +31,7 @@ pub async fn start(runner: Arc<Runner>) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || tls::load(&cp)).await??
     };
     tracing::info!(serial = %material.cert_serial, "control-plane TLS certificate loaded");
-    let shared = Arc::new(Shared {
-        runner: runner.clone(),
-        tls: RwLock::new(Arc::new(material)),
-        started_at: crate::util::now_rfc3339(),
-        limiter: Mutex::new(api::RateLimiter::default()),
-        wake: tokio::sync::Notify::new(),
-        reload_failures: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new(runner.clone(), material));
     shared.publish_tls_metrics().await;
     server::bind_and_serve(shared.clone(), &cp).await?;
     let token = runner.shutdown_token();

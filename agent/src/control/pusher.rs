@@ -8,8 +8,8 @@
 //! Never: reorders — a failed batch stops the pass, the next pass starts again
 //! from the oldest event still in the file.
 
-use super::outbox::{Event, Outbox, Severity, HEARTBEAT};
-use super::Shared;
+use super::shared::Shared;
+use crate::outbox::{Event, Outbox, Severity, HEARTBEAT};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,8 +145,8 @@ pub async fn deliver(shared: Arc<Shared>, token: CancellationToken) {
             last_count = Some(count);
             let mut u = crate::metrics::MetricsUpdate::default();
             #[allow(clippy::cast_precision_loss)]
-            u.set("cloudnx_report_outbox_events", &[], count as f64);
-            super::apply_metrics(&shared.runner, u).await;
+            u.set(crate::metrics::Family::OutboxEvents, &[], count as f64);
+            super::shared::apply_metrics(&shared.runner, u).await;
         }
 
         let mut failed = false;

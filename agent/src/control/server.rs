@@ -5,7 +5,7 @@
 //! decides what a request may do — that is [`super::api`].
 
 use super::api;
-use super::Shared;
+use super::shared::Shared;
 use crate::config::ControlPlaneConfig;
 use anyhow::Context;
 use hyper::server::conn::http1;

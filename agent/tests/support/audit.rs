@@ -57,7 +57,7 @@ impl AuditScratch {
 
     /// The appender for this log.
     pub fn log(&self) -> AuditLog {
-        AuditLog::new(&self.config.audit)
+        AuditLog::new(&self.config.audit.path, self.config.audit.rotate_bytes)
     }
 
     /// The active file.
@@ -72,8 +72,12 @@ impl AuditScratch {
 
     /// Seal the head now (as the daemon's checkpointer does).
     pub fn seal(&self) {
-        cloudnx_agent::audit::checkpoint::seal(&self.config.audit, &self.config.host_id)
-            .expect("sealing a checkpoint");
+        cloudnx_agent::audit::checkpoint::seal(
+            &self.log(),
+            &self.config.audit.signing_key_file,
+            &self.config.host_id,
+        )
+        .expect("sealing a checkpoint");
     }
 
     /// Run `audit verify`; (exit code, stdout+stderr).
@@ -84,7 +88,7 @@ impl AuditScratch {
 
     /// Verify in-process (fast, for many mutations): the first problem's seq, or None.
     pub fn verify_lib(&self) -> cloudnx_agent::audit::verify::Report {
-        let key = cloudnx_agent::audit::key::load(&self.config.audit)
+        let key = cloudnx_agent::audit::key::load(&self.config.audit.signing_key_file)
             .ok()
             .map(|k| k.verifying_key());
         cloudnx_agent::audit::verify::verify(self.log().files(), &self.config.host_id, key.as_ref())

@@ -14,10 +14,10 @@ pub mod manifest;
 pub mod retention;
 pub mod stream;
 
-use super::{JobContext, Outcome};
 use crate::config::BackupConfig;
 use crate::crypto::Recipients;
-use crate::metrics::MetricsUpdate;
+use crate::jobs::context::{JobContext, Outcome};
+use crate::metrics::{Family, MetricsUpdate};
 use crate::pg::{self, ConnInfo, ServerVersion};
 use crate::store::{self, Deleted, Destination};
 use anyhow::{bail, Context};
@@ -29,9 +29,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// Whether this duty is implemented in this build.
-pub const BUILT: bool = true;
 
 /// The result of one database on one destination.
 struct DestResult {
@@ -133,7 +130,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             let succeeded = d.error.is_none() && r.error.is_none();
             if succeeded {
                 metrics.set(
-                    "cloudnx_backup_last_success_timestamp_seconds",
+                    Family::BackupLastSuccess,
                     &[("database", &r.database), ("destination", &d.name)],
                     crate::util::unix_now(),
                 );
@@ -144,7 +141,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             {
                 Ok((retained, log)) => {
                     metrics.set(
-                        "cloudnx_backup_retained",
+                        Family::BackupRetained,
                         &[("database", &r.database), ("destination", &d.name)],
                         retained as f64,
                     );
@@ -158,14 +155,14 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         if let Some(m) = &r.manifest {
             if r.dests.iter().any(|d| d.error.is_none()) {
                 metrics.set(
-                    "cloudnx_backup_last_size_bytes",
+                    Family::BackupLastSize,
                     &[("database", &r.database)],
                     m.size_bytes as f64,
                 );
             }
         }
         metrics.set(
-            "cloudnx_backup_last_duration_seconds",
+            Family::BackupLastDuration,
             &[("database", &r.database)],
             r.seconds,
         );

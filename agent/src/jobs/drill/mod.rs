@@ -15,9 +15,9 @@ pub mod cluster;
 pub mod select;
 
 use super::backup::manifest::{self, Manifest};
-use super::{JobContext, Outcome};
 use crate::config::DrillConfig;
-use crate::metrics::MetricsUpdate;
+use crate::jobs::context::{JobContext, Outcome};
+use crate::metrics::{Family, MetricsUpdate};
 use crate::store::{self, Destination};
 use anyhow::{bail, Context};
 use serde_json::json;
@@ -25,9 +25,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Whether this duty is implemented in this build.
-pub const BUILT: bool = true;
 
 /// Phase names (metric label `phase`).
 /// `cluster_start` (initdb + start of the throwaway cluster) runs while the
@@ -111,7 +108,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     let mut metrics = MetricsUpdate::default();
     for p in PHASES {
         metrics.set(
-            "cloudnx_restore_drill_last_phase_seconds",
+            Family::DrillLastPhase,
             &[("phase", p)],
             report.phases.get(p).copied().unwrap_or(0.0),
         );
@@ -126,12 +123,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     });
     let mut outcome = match &error {
         None => {
-            metrics.set("cloudnx_restore_drill_last_rto_seconds", &[], rto);
-            metrics.set(
-                "cloudnx_restore_drill_last_success_timestamp_seconds",
-                &[],
-                crate::util::unix_now(),
-            );
+            metrics.set(Family::DrillLastRto, &[], rto);
+            metrics.set(Family::DrillLastSuccess, &[], crate::util::unix_now());
             Outcome::success(
                 format!(
                     "restored {} backup(s) from {dest_name}, {} checks green, RTO {rto:.1} s",
@@ -142,12 +135,13 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             )
         }
         Some(e) => {
-            if let Some(url) = &cfg.alertmanager_url {
-                if let Err(ae) = page_alertmanager(url, &ctx.config.host_id, e).await {
-                    tracing::error!("paging Alertmanager at {url}: {ae:#}");
-                }
-            }
-            Outcome::failure(e.clone(), result)
+            let mut o = Outcome::failure(e.clone(), result);
+            o.page = Some(crate::alert::Page {
+                alertname: "CloudnxRestoreDrillFailed",
+                summary: format!("restore drill failed on {}", ctx.config.host_id),
+                description: e.clone(),
+            });
+            o
         }
     };
     outcome.changed = false;
@@ -509,23 +503,6 @@ async fn run_child(mut c: tokio::process::Command, what: &str) -> anyhow::Result
             out.status,
             err.trim().chars().take(1000).collect::<String>()
         );
-    }
-    Ok(())
-}
-
-async fn page_alertmanager(url: &str, host_id: &str, error: &str) -> anyhow::Result<()> {
-    let body = json!([{
-        "labels": {"alertname": "CloudnxRestoreDrillFailed", "severity": "page", "host_id": host_id},
-        "annotations": {"summary": format!("restore drill failed on {host_id}"), "description": error},
-    }]);
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v2/alerts", url.trim_end_matches('/')))
-        .timeout(std::time::Duration::from_secs(10))
-        .json(&body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("HTTP {}", r.status());
     }
     Ok(())
 }

@@ -85,8 +85,8 @@ pub fn load(state_dir: &Path) -> Memory {
 /// Replace the memory atomically.
 pub fn save(state_dir: &Path, m: &Memory) -> anyhow::Result<()> {
     let p = path(state_dir);
-    crate::runner::ensure_private_dir(p.parent().unwrap_or(state_dir))?;
-    crate::metrics::write_atomic(&p, &serde_json::to_vec_pretty(m)?, 0o600)
+    crate::fsx::ensure_private_dir(p.parent().unwrap_or(state_dir))?;
+    crate::fsx::write_atomic(&p, &serde_json::to_vec_pretty(m)?, 0o600)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! passphrase still opens the volume), so it is never group/other readable,
 //! and it only gets its final name once complete and synced.
 
-use super::helper::{self, Access};
+use super::helper_client::{self, Access};
 use super::inspect::Inspection;
 use crate::config::LuksVolume;
 use anyhow::Context;
@@ -32,7 +32,7 @@ pub fn backup_name(uuid: &str, header_id: &str) -> String {
 
 /// Create the directory 0700, and tighten it if it exists looser.
 pub fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    crate::runner::ensure_private_dir(dir)?;
+    crate::fsx::ensure_private_dir(dir)?;
     let mode = std::fs::metadata(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .permissions()
@@ -67,12 +67,6 @@ fn existing(dir: &Path, uuid: &str) -> anyhow::Result<Vec<(String, f64)>> {
     }
     out.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok(out)
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// Back up the header of `vol` unless a backup of this exact header exists
@@ -112,13 +106,13 @@ pub async fn ensure_backup(
         }
         _ => {}
     }
-    let written = helper::header_backup(access, vol, tmp.clone()).await?;
+    let written = helper_client::header_backup(access, vol, tmp.clone()).await?;
     let dir2 = dir.to_owned();
     let uuid = h.uuid.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<BackupReport> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))
             .with_context(|| format!("chmod 0400 {}", tmp.display()))?;
-        std::fs::File::open(&tmp)
+        crate::fsx::open_read(&tmp)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("syncing {}", tmp.display()))?;
         // Name it after the header actually written (it may have changed
@@ -130,7 +124,7 @@ pub async fn ensure_backup(
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         }
-        sync_dir(&dir2)?;
+        crate::fsx::sync_dir(&dir2)?;
         Ok(BackupReport {
             path,
             written: true,

@@ -3,7 +3,7 @@
 //! report drift.
 //!
 //! Per volume: [`inspect`] the header (libcryptsetup, one thread; through the
-//! privileged [`helper`] when the agent is not root) → back up
+//! privileged helper ([`helper_client`] → [`helper_server`]) when the agent is not root) → back up
 //! the header if this version is new ([`headers`]) → read the mapping and
 //! mount from sysfs/mountinfo ([`live`]) → [`repair`] a closed keyed volume →
 //! [`policy`] names every failed check → [`drift`] decides what is new. Then
@@ -13,32 +13,31 @@
 pub mod drift;
 pub mod headers;
 pub mod helper;
+pub mod helper_client;
+pub mod helper_server;
 pub mod inspect;
 pub mod live;
 pub mod ondisk;
 pub mod policy;
 pub mod repair;
 
-use super::{JobContext, Outcome};
 use crate::config::{LuksConfig, LuksVolume};
-use crate::control::outbox::Severity;
-use crate::metrics::MetricsUpdate;
+use crate::jobs::context::{JobContext, Outcome};
+use crate::metrics::{Family, MetricsUpdate};
+use crate::outbox::Severity;
 use inspect::HeaderState;
 use live::{Mapping, Roots, Snapshot, UnencryptedMount, VolumeLive};
 use policy::Failure;
 use repair::Attempt;
 use serde::Serialize;
 
-/// Whether this duty is implemented in this build.
-pub const BUILT: bool = true;
-
 /// Metric families this duty fully re-describes on every run.
-const FAMILIES: [&str; 5] = [
-    "cloudnx_luks_volume_compliant",
-    "cloudnx_luks_volume_open",
-    "cloudnx_luks_check_failed",
-    "cloudnx_luks_header_backup_timestamp_seconds",
-    "cloudnx_luks_unencrypted_mount",
+const FAMILIES: [crate::metrics::Family; 5] = [
+    Family::LuksCompliant,
+    Family::LuksOpen,
+    Family::LuksCheckFailed,
+    Family::LuksHeaderBackup,
+    Family::LuksUnencryptedMount,
 ];
 
 /// One volume's findings (the `result.volumes[]` of the job).
@@ -87,15 +86,18 @@ pub async fn run_with(
     cfg: &LuksConfig,
     roots: &Roots,
 ) -> anyhow::Result<Outcome> {
-    let mut errors: Vec<String> = Vec::new();
-    let mut changed = false;
-    let mut snap = match snapshot(roots).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            errors.push(format!("reading live state: {e:#}"));
-            None
-        }
+    let mut pass = Pass {
+        ctx,
+        cfg,
+        roots,
+        snap: None,
+        errors: Vec::new(),
+        changed: false,
     };
+    match snapshot(roots).await {
+        Ok(s) => pass.snap = Some(s),
+        Err(e) => pass.errors.push(format!("reading live state: {e:#}")),
+    }
     let before = {
         let d = ctx.config.state_dir.clone();
         tokio::task::spawn_blocking(move || drift::load(&d)).await?
@@ -109,7 +111,7 @@ pub async fn run_with(
                 vol.name
             );
         }
-        let r = check_volume(ctx, cfg, vol, roots, &mut snap, &mut errors, &mut changed).await;
+        let r = pass.check_volume(vol).await;
         let mem = drift::VolumeMemory {
             failed: r.failed_checks.iter().map(|s| (*s).to_owned()).collect(),
             uuid: r.header.as_ref().map(|h| h.uuid.clone()),
@@ -125,7 +127,7 @@ pub async fn run_with(
                 "header_backup": r.header_backup.as_ref().map(|b| &b.path),
             });
             if let Err(e) = ctx.event("luks.drift", Severity::Warning, data).await {
-                errors.push(format!(
+                pass.errors.push(format!(
                     "queueing the luks.drift event for {}: {e:#}",
                     vol.name
                 ));
@@ -133,6 +135,12 @@ pub async fn run_with(
         }
         reports.push(r);
     }
+    let Pass {
+        snap,
+        mut errors,
+        changed,
+        ..
+    } = pass;
 
     let unencrypted: Vec<UnencryptedMount> = snap
         .as_ref()
@@ -207,111 +215,172 @@ pub async fn run_with(
     Ok(outcome)
 }
 
-async fn check_volume(
-    ctx: &JobContext,
-    cfg: &LuksConfig,
-    vol: &LuksVolume,
-    roots: &Roots,
-    snap: &mut Option<Snapshot>,
-    errors: &mut Vec<String>,
-    changed: &mut bool,
-) -> VolumeReport {
-    let access = helper::Access::for_process(
-        cfg,
-        ctx.config.files.first().map(std::path::PathBuf::as_path),
-    );
-    let header = match helper::inspect(&access, vol).await {
-        Ok(h) => h,
-        Err(e) => {
-            // A missing or refusing helper is a setup fault, not the volume's:
-            // name it (and its fix) in the job error too.
-            if matches!(access, helper::Access::Helper(_)) {
-                errors.push(format!("{e:#}"));
-            }
-            HeaderState::Unreadable(format!("{e:#}"))
+/// What one run carries from volume to volume: the live state (re-read
+/// after an open), the errors so far, and whether anything changed.
+struct Pass<'a> {
+    ctx: &'a JobContext,
+    cfg: &'a LuksConfig,
+    roots: &'a Roots,
+    snap: Option<Snapshot>,
+    errors: Vec<String>,
+    changed: bool,
+}
+
+impl Pass<'_> {
+    /// Header → header backup → live state → re-open → policy.
+    async fn check_volume(&mut self, vol: &LuksVolume) -> VolumeReport {
+        let access = helper_client::Access::for_process(
+            self.cfg,
+            self.ctx
+                .config
+                .files
+                .first()
+                .map(std::path::PathBuf::as_path),
+        );
+        let header = self.read_header(&access, vol).await;
+        let backup = self.back_up_header(&access, vol, &header).await;
+        let mut live = self.live(vol, &header);
+        let repair = match repair::skip_reason(vol, &header, live.as_ref().map(|l| &l.mapping)) {
+            Some(why) => Attempt::Skipped(why),
+            None => helper_client::open(&access, vol).await,
+        };
+        if self.record_repair(vol, &header, &repair).await {
+            live = self.reread_live(vol, &header).await.or(live);
         }
-    };
-    let mut backup = None;
-    if let HeaderState::Luks(h) = &header {
-        match headers::ensure_backup(&access, &cfg.header_backup_dir, vol, h).await {
+        let failures = policy::evaluate(&self.cfg.policy, vol, &header, live.as_ref());
+        let open = live
+            .as_ref()
+            .is_some_and(|l| matches!(l.mapping, Mapping::Open { .. }));
+        VolumeReport {
+            name: vol.name.clone(),
+            device: vol.device.display().to_string(),
+            compliant: failures.is_empty()
+                && (live.is_some() || !matches!(header, HeaderState::Luks(_))),
+            open,
+            failed_checks: failures.iter().map(|f| f.check.as_str()).collect(),
+            failures,
+            header: match header {
+                HeaderState::Luks(h) => Some(*h),
+                _ => None,
+            },
+            live,
+            header_backup: backup,
+            repair,
+            drift: drift::Drift::default(),
+        }
+    }
+
+    async fn read_header(
+        &mut self,
+        access: &helper_client::Access,
+        vol: &LuksVolume,
+    ) -> HeaderState {
+        match helper_client::inspect(access, vol).await {
+            Ok(h) => h,
+            Err(e) => {
+                // A missing or refusing helper is a setup fault, not the volume's:
+                // name it (and its fix) in the job error too.
+                if matches!(access, helper_client::Access::Helper(_)) {
+                    self.errors.push(format!("{e:#}"));
+                }
+                HeaderState::Unreadable(format!("{e:#}"))
+            }
+        }
+    }
+
+    async fn back_up_header(
+        &mut self,
+        access: &helper_client::Access,
+        vol: &LuksVolume,
+        header: &HeaderState,
+    ) -> Option<headers::BackupReport> {
+        let HeaderState::Luks(h) = header else {
+            return None;
+        };
+        match headers::ensure_backup(access, &self.cfg.header_backup_dir, vol, h).await {
             Ok(b) => {
-                if b.written {
-                    *changed = true;
-                }
-                backup = Some(b);
+                self.changed |= b.written;
+                Some(b)
             }
-            Err(e) => errors.push(format!(
-                "backing up the LUKS header of volume {:?}: {e:#}",
-                vol.name
-            )),
-        }
-    }
-    let backing = block_devno(&vol.device);
-    let live_of = |s: &Snapshot| match &header {
-        HeaderState::Luks(h) => {
-            Some(s.volume(&vol.name, &h.uuid, vol.mountpoint.as_deref(), backing))
-        }
-        _ => None,
-    };
-    let mut live = snap.as_ref().and_then(live_of);
-    let repair = repair::attempt(&access, vol, &header, live.as_ref().map(|l| &l.mapping)).await;
-    match &repair {
-        Attempt::Skipped(_) => {}
-        Attempt::Impossible(e) => errors.push(e.clone()),
-        Attempt::Opened | Attempt::Failed(_) => {
-            let (ok, err) = match &repair {
-                Attempt::Failed(e) => (false, Some(e.clone())),
-                _ => (true, None),
-            };
-            let uuid = match &header {
-                HeaderState::Luks(h) => h.uuid.clone(),
-                _ => String::new(),
-            };
-            let detail = serde_json::json!({
-                "volume": vol.name, "device": vol.device, "uuid": uuid,
-                "keyfile": vol.keyfile, "ok": ok, "error": err,
-            });
-            if let Err(e) = ctx.audit("luks.open", detail).await {
-                errors.push(format!("auditing luks.open of {}: {e:#}", vol.name));
-            }
-            if let Some(e) = err {
-                errors.push(e);
-            } else {
-                *changed = true;
-                // See the mapping as it is now, not as it was before the open.
-                match snapshot(roots).await {
-                    Ok(s) => {
-                        live = live_of(&s);
-                        *snap = Some(s);
-                    }
-                    Err(e) => errors.push(format!(
-                        "reading live state after opening {}: {e:#}",
-                        vol.name
-                    )),
-                }
+            Err(e) => {
+                self.errors.push(format!(
+                    "backing up the LUKS header of volume {:?}: {e:#}",
+                    vol.name
+                ));
+                None
             }
         }
     }
-    let failures = policy::evaluate(&cfg.policy, vol, &header, live.as_ref());
-    let open = live
-        .as_ref()
-        .is_some_and(|l| matches!(l.mapping, Mapping::Open { .. }));
-    VolumeReport {
-        name: vol.name.clone(),
-        device: vol.device.display().to_string(),
-        compliant: failures.is_empty()
-            && (live.is_some() || !matches!(header, HeaderState::Luks(_))),
-        open,
-        failed_checks: failures.iter().map(|f| f.check.as_str()).collect(),
-        failures,
-        header: match header {
-            HeaderState::Luks(h) => Some(*h),
-            _ => None,
-        },
-        live,
-        header_backup: backup,
-        repair,
-        drift: drift::Drift::default(),
+
+    /// The volume's mapping and mount in the live state read so far.
+    fn live(&self, vol: &LuksVolume, header: &HeaderState) -> Option<VolumeLive> {
+        let HeaderState::Luks(h) = header else {
+            return None;
+        };
+        let s = self.snap.as_ref()?;
+        Some(s.volume(
+            &vol.name,
+            &h.uuid,
+            vol.mountpoint.as_deref(),
+            block_devno(&vol.device),
+        ))
+    }
+
+    /// Audit an open attempt; true when a mapping was opened (the live state changed).
+    async fn record_repair(
+        &mut self,
+        vol: &LuksVolume,
+        header: &HeaderState,
+        repair: &Attempt,
+    ) -> bool {
+        let err = match repair {
+            Attempt::Skipped(_) => return false,
+            Attempt::Impossible(e) => {
+                self.errors.push(e.clone());
+                return false;
+            }
+            Attempt::Opened => None,
+            Attempt::Failed(e) => Some(e.clone()),
+        };
+        let uuid = match header {
+            HeaderState::Luks(h) => h.uuid.clone(),
+            _ => String::new(),
+        };
+        let detail = serde_json::json!({
+            "volume": vol.name, "device": vol.device, "uuid": uuid,
+            "keyfile": vol.keyfile, "ok": err.is_none(), "error": err,
+        });
+        if let Err(e) = self.ctx.audit("luks.open", detail).await {
+            self.errors
+                .push(format!("auditing luks.open of {}: {e:#}", vol.name));
+        }
+        match err {
+            Some(e) => {
+                self.errors.push(e);
+                false
+            }
+            None => {
+                self.changed = true;
+                true
+            }
+        }
+    }
+
+    /// See the mapping as it is now, not as it was before the open.
+    async fn reread_live(&mut self, vol: &LuksVolume, header: &HeaderState) -> Option<VolumeLive> {
+        match snapshot(self.roots).await {
+            Ok(s) => {
+                self.snap = Some(s);
+                self.live(vol, header)
+            }
+            Err(e) => {
+                self.errors.push(format!(
+                    "reading live state after opening {}: {e:#}",
+                    vol.name
+                ));
+                None
+            }
+        }
     }
 }
 
@@ -337,27 +406,23 @@ fn metrics(reports: &[VolumeReport], unencrypted: &[UnencryptedMount]) -> Metric
     let b = |x: bool| if x { 1.0 } else { 0.0 };
     for r in reports {
         let v = [("volume", r.name.as_str())];
-        m.set("cloudnx_luks_volume_compliant", &v, b(r.compliant));
-        m.set("cloudnx_luks_volume_open", &v, b(r.open));
+        m.set(Family::LuksCompliant, &v, b(r.compliant));
+        m.set(Family::LuksOpen, &v, b(r.open));
         for c in &r.failed_checks {
             m.set(
-                "cloudnx_luks_check_failed",
+                Family::LuksCheckFailed,
                 &[("volume", r.name.as_str()), ("check", c)],
                 1.0,
             );
         }
         if let Some(h) = &r.header_backup {
-            m.set(
-                "cloudnx_luks_header_backup_timestamp_seconds",
-                &v,
-                h.timestamp,
-            );
+            m.set(Family::LuksHeaderBackup, &v, h.timestamp);
         }
     }
     for u in unencrypted {
         let mp = u.mountpoint.display().to_string();
         m.set(
-            "cloudnx_luks_unencrypted_mount",
+            Family::LuksUnencryptedMount,
             &[("mountpoint", mp.as_str()), ("source", u.source.as_str())],
             1.0,
         );

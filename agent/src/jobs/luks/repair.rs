@@ -71,20 +71,6 @@ pub enum Attempt {
     Failed(String),
 }
 
-/// Open `vol` with its keyfile when it is configured, LUKS, closed and keyed
-/// (through the helper, per `access`).
-pub async fn attempt(
-    access: &super::helper::Access,
-    vol: &LuksVolume,
-    header: &HeaderState,
-    mapping: Option<&Mapping>,
-) -> Attempt {
-    if let Some(why) = skip_reason(vol, header, mapping) {
-        return Attempt::Skipped(why);
-    }
-    super::helper::open(access, vol).await
-}
-
 /// Open `vol` with its keyfile here and now, after checking device-mapper
 /// exists (no key is used when it does not).
 pub async fn open_now(vol: &LuksVolume, sysfs: &Path) -> Attempt {

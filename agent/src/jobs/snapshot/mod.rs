@@ -15,18 +15,15 @@
 
 pub mod plan;
 
-use super::{JobContext, Outcome};
 use crate::config::SnapshotConfig;
-use crate::metrics::MetricsUpdate;
+use crate::jobs::context::{JobContext, Outcome};
+use crate::metrics::{Family, MetricsUpdate};
 use crate::pve::{ClusterGuest, GuestType, PveClient, PveError, SnapshotEntry, Upid};
 use plan::{GuestResult, Leftover, Skip, Target, TaskVerdict};
 use serde::Serialize;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// Whether this duty is implemented in this build.
-pub const BUILT: bool = true;
 
 /// Lines of a failed task's log quoted in the result.
 const LOG_TAIL: usize = 8;
@@ -64,7 +61,7 @@ pub struct GuestReport {
     pub deleted: Vec<String>,
     /// Our snapshots retention wanted to delete but may not (replication, lock).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub retention_skipped: Vec<Skip2>,
+    pub retention_skipped: Vec<KeptSnapshot>,
     /// Deletions that failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retention_errors: Vec<String>,
@@ -79,7 +76,7 @@ pub struct GuestReport {
 
 /// A snapshot left in place by retention, and why.
 #[derive(Debug, Clone, Serialize)]
-pub struct Skip2 {
+pub struct KeptSnapshot {
     /// Snapshot name.
     pub name: String,
     /// Why it was kept.
@@ -374,10 +371,10 @@ impl Run<'_> {
                         ));
                     }
                 }
-                TaskVerdict::NeededByReplication => {
-                    r.retention_skipped.push(Skip2 { name, reason: exit })
-                }
-                TaskVerdict::Locked(l) => r.retention_skipped.push(Skip2 {
+                TaskVerdict::NeededByReplication => r
+                    .retention_skipped
+                    .push(KeptSnapshot { name, reason: exit }),
+                TaskVerdict::Locked(l) => r.retention_skipped.push(KeptSnapshot {
                     name,
                     reason: format!("{} is locked ({l}); retried next run", t.guest_type.noun()),
                 }),
@@ -500,7 +497,7 @@ fn outcome(
     let now = crate::util::unix_now();
     let mut m = MetricsUpdate {
         // Re-described in full by every run that got this far.
-        clear: vec!["cloudnx_snapshot_last_result", "cloudnx_snapshot_retained"],
+        clear: vec![Family::SnapshotLastResult, Family::SnapshotRetained],
         set: vec![],
     };
     let count = |res: GuestResult| reports.iter().filter(|r| r.result == res).count();
@@ -509,14 +506,14 @@ fn outcome(
         let vmid = r.vmid.to_string();
         for res in GuestResult::ALL {
             m.set(
-                "cloudnx_snapshot_last_result",
+                Family::SnapshotLastResult,
                 &[("vmid", &vmid), ("result", res.as_str())],
                 if res == r.result { 1.0 } else { 0.0 },
             );
         }
         if r.result.taken() {
             m.set(
-                "cloudnx_snapshot_last_success_timestamp_seconds",
+                Family::SnapshotLastSuccess,
                 &[
                     ("vmid", &vmid),
                     ("type", r.guest_type.map_or("unknown", GuestType::as_str)),
@@ -525,7 +522,7 @@ fn outcome(
             );
         }
         m.set(
-            "cloudnx_snapshot_retained",
+            Family::SnapshotRetained,
             &[("vmid", &vmid)],
             r.retained as f64,
         );

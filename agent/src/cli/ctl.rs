@@ -6,7 +6,7 @@
 //! agent's own URL, CA, certificate and key); every one can be overridden, so
 //! it also runs from an operator's machine with no configuration at all.
 
-use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -124,7 +124,7 @@ pub async fn run(config: Option<PathBuf>, a: CtlArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let tls = match super::tls::client_config(&t.ca, &t.cert, &t.key) {
+    let tls = match crate::control::tls::client_config(&t.ca, &t.cert, &t.key) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cloudnx-agent ctl: {e:#}");

@@ -1,4 +1,4 @@
-//! The durable event outbox: events are appended (fsync) to `state_dir` before
+//! The durable event outbox (a leaf: imports only `fsx` and `util`): events are appended (fsync) to `state_dir` before
 //! a job is reported done, and removed only once the control plane took them.
 //!
 //! Owns: the file `state_dir/outbox.jsonl` (one event per line, append order =
@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// How urgent an event is. `Page` wakes on-call and is never dropped.
@@ -98,13 +97,8 @@ impl Outbox {
     /// replaced it under us.
     fn lock(&self) -> anyhow::Result<Locked> {
         loop {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .mode(0o600)
-                .open(&self.path)
-                .with_context(|| format!("opening outbox {}", self.path.display()))?;
+            let (file, _) = crate::fsx::open_append(&self.path, 0o600)
+                .with_context(|| format!("opening the outbox {}", self.path.display()))?;
             let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
                 .map_err(|(_, e)| anyhow::anyhow!("locking outbox {}: {e}", self.path.display()))?;
             let held = file.metadata()?.ino();
@@ -134,7 +128,10 @@ impl Outbox {
 
     /// Events waiting, in order (skipping a torn last line).
     pub fn pending(&self) -> anyhow::Result<Vec<Event>> {
-        match std::fs::read(&self.path) {
+        match crate::fsx::open_read(&self.path).and_then(|mut f| {
+            let mut b = Vec::new();
+            f.read_to_end(&mut b).map(|_| b)
+        }) {
             Ok(b) => Ok(parse(&b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
@@ -186,7 +183,7 @@ impl Outbox {
             }
             // Rename while holding the lock on the old file: waiting appenders
             // notice the inode change and re-open (see `lock`).
-            crate::metrics::write_atomic(&self.path, &out, 0o600)
+            crate::fsx::write_atomic(&self.path, &out, 0o600)
                 .with_context(|| format!("compacting {}", self.path.display()))?;
         }
         drop(file);

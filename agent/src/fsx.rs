@@ -1,0 +1,322 @@
+//! File-system safety: the one place that creates, replaces, locks and syncs
+//! the agent's own files. A leaf: it imports nothing of the agent but `util`.
+//!
+//! Every file is opened without following a symlink in its last component
+//! (`O_NOFOLLOW`), new files are created exclusively (`O_EXCL`) with their
+//! mode set on the descriptor that created them (the umask never widens or
+//! narrows it), and replacement is temp-in-the-same-directory + fsync +
+//! rename + fsync of the directory. So a planted symlink in a directory that
+//! someone else can write (node_exporter's textfile directory, a spool under
+//! `/var/tmp`) is refused instead of redirecting a write, and a crash leaves
+//! the old file or the new one, never a torn one.
+
+use anyhow::Context;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// `O_NOFOLLOW | O_CLOEXEC`: the flags every open here adds.
+const SAFE: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// Create `dir` and its missing parents with mode 0700 (an existing directory
+/// is left as it is).
+pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// The directory that holds `path` (`.` for a bare name).
+pub fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// fsync a directory, so an entry created, renamed or removed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Create a new file exclusively (never an existing file, never through a
+/// symlink) with exactly `mode`, for writing.
+pub fn create_new(path: &Path, mode: u32) -> anyhow::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(SAFE)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(f)
+}
+
+/// Open (creating with `mode` if absent) a file for appending and reading,
+/// refusing a symlink. Whether it was created is returned, so the caller can
+/// sync the directory for a new entry.
+pub fn open_append(path: &Path, mode: u32) -> anyhow::Result<(File, bool)> {
+    match OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(SAFE)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+            Ok((f, true))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .custom_flags(SAFE)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Ok((f, false))
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// Open an existing file for reading without following a symlink.
+pub fn open_read(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(SAFE).open(path)
+}
+
+/// Why a secret file (key, token, credentials) is unacceptable, if it is:
+/// (message, hint). Never reads the content. A secret must be a regular file
+/// (not a symlink to one) with no group or other permission bits.
+pub fn secret_file_problem(path: &Path, may_be_absent: bool) -> Option<(String, String)> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_absent => None,
+        Err(e) => Some((
+            format!("secret file {} cannot be read: {e}", path.display()),
+            format!("create it readable by the agent only: install -m 0600 /dev/null {} and write the secret into it", path.display()),
+        )),
+        Ok(m) if m.file_type().is_symlink() => Some((
+            format!("secret {} is a symlink", path.display()),
+            "point the key at the file itself".into(),
+        )),
+        Ok(m) if !m.is_file() => Some((format!("secret {} is not a regular file", path.display()), "point the key at a file".into())),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Some((
+            format!("secret file {} is accessible by group or other (mode {:04o})", path.display(), m.permissions().mode() & 0o7777),
+            format!("chmod 0600 {}", path.display()),
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// A temp file beside its destination that is removed unless committed.
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: Option<File>,
+}
+
+impl Staged {
+    /// A new hidden temp file in `dest`'s directory (random name, exclusive,
+    /// `mode`). Hidden and without the destination's suffix, so a reader of
+    /// the directory (node_exporter reads `*.prom`) never sees it.
+    pub fn new(dest: &Path, mode: u32) -> anyhow::Result<Staged> {
+        let name = dest
+            .file_name()
+            .with_context(|| format!("{} has no file name", dest.display()))?;
+        let tmp = parent_of(dest).join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            &crate::util::new_id()[..12]
+        ));
+        let file = create_new(&tmp, mode)?;
+        Ok(Staged {
+            tmp,
+            dest: dest.to_owned(),
+            file: Some(file),
+        })
+    }
+
+    /// The open temp file.
+    pub fn file(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("a staged file is open until committed")
+    }
+
+    /// Where the temp file is (for messages).
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// fsync, rename over the destination (replacing a symlink there, never
+    /// following it), fsync the directory.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        let f = self.file.take().expect("committed once");
+        f.sync_all()
+            .with_context(|| format!("fsync of {}", self.tmp.display()))?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.dest).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.dest.display())
+        })?;
+        self.tmp = PathBuf::new();
+        sync_dir(parent_of(&self.dest))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Replace `path` atomically with `bytes` at `mode`: readers see the old file
+/// or the new one, never a torn one; a symlink planted at the temp name or at
+/// `path` itself is never written through.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut s = Staged::new(path, mode)?;
+    s.file()
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", s.tmp_path().display()))?;
+    s.commit()
+}
+
+/// A held `flock`; released when dropped.
+pub type Locked = nix::fcntl::Flock<File>;
+
+/// Why a lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another holder has it (non-blocking only); `holder` is what it wrote
+    /// into the lock file (a pid), possibly empty.
+    #[error("held by {}", if holder.is_empty() { "another process".to_owned() } else { format!("pid {holder}") })]
+    Held {
+        /// The holder's note.
+        holder: String,
+    },
+    /// The lock file could not be opened or locked.
+    #[error(transparent)]
+    Io(#[from] anyhow::Error),
+}
+
+/// Take an exclusive `flock` of `path` (created 0600 if absent, never through
+/// a symlink). `wait = false` returns [`LockError::Held`] at once when taken.
+pub fn lock_file(path: &Path, wait: bool) -> Result<Locked, LockError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(SAFE)
+        .open(path)
+        .with_context(|| format!("opening lock {}", path.display()))?;
+    let arg = if wait {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockExclusiveNonblock
+    };
+    match nix::fcntl::Flock::lock(file, arg) {
+        Ok(l) => Ok(l),
+        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = std::io::Read::read_to_string(&mut f, &mut holder);
+            Err(LockError::Held {
+                holder: holder.trim().to_owned(),
+            })
+        }
+        Err((_, e)) => Err(LockError::Io(anyhow::anyhow!(
+            "locking {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Write this process's pid into a held lock (what [`LockError::Held`] shows).
+/// Written over the old note first and cut to length after, so a contender
+/// reading meanwhile sees a pid (old or new), never an empty file.
+pub fn note_holder(lock: &mut Locked) {
+    use std::os::unix::fs::FileExt;
+    let note = format!("{}\n", std::process::id());
+    let _ = lock
+        .write_all_at(note.as_bytes(), 0)
+        .and_then(|()| lock.set_len(note.len() as u64));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn atomic_write_sets_the_mode_on_the_new_file_and_replaces_a_symlink_without_following_it() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = d.path().join("m.prom");
+        symlink(&victim, &out).unwrap();
+        write_atomic(&out, b"x 1\n", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let meta = std::fs::symlink_metadata(&out).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "the symlink was replaced by a file"
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "x 1\n");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "no temp file left behind");
+    }
+
+    #[test]
+    fn exclusive_creation_refuses_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let planted = d.path().join("new");
+        symlink(&victim, &planted).unwrap();
+        assert!(create_new(&planted, 0o600).is_err());
+        assert!(open_append(&planted, 0o600).is_err());
+        assert!(lock_file(&planted, false).is_err());
+        assert!(open_read(&planted).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_held_lock_names_its_holder_and_is_free_after_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k.lock");
+        let mut held = lock_file(&p, false).unwrap();
+        note_holder(&mut held);
+        match lock_file(&p, false) {
+            Err(LockError::Held { holder }) => {
+                assert_eq!(holder, std::process::id().to_string())
+            }
+            other => panic!("expected Held, got {:?}", other.map(|_| ())),
+        }
+        drop(held);
+        lock_file(&p, false).expect("free again");
+    }
+
+    #[test]
+    fn a_lock_with_no_note_says_another_process() {
+        let e = LockError::Held {
+            holder: String::new(),
+        };
+        assert_eq!(e.to_string(), "held by another process");
+    }
+}
