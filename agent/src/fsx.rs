@@ -116,6 +116,41 @@ pub fn secret_file_problem(path: &Path, may_be_absent: bool) -> Option<(String, 
     }
 }
 
+/// Why files under `dir` could be tampered with by another local user, if
+/// they could: `dir` (symlinks resolved) or one of its ancestors is owned by
+/// someone other than root and `uid`, or is writable by group or other
+/// without the sticky bit (in a sticky directory such as `/var/tmp` nobody
+/// can rename or remove another user's entries). None when `dir` is safe to
+/// work in by path name.
+pub fn untrusted_dir(dir: &Path, uid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = match std::fs::canonicalize(dir) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("{}: {e}", dir.display())),
+    };
+    for a in real.ancestors() {
+        let m = match std::fs::metadata(a) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("{}: {e}", a.display())),
+        };
+        if m.uid() != 0 && m.uid() != uid {
+            return Some(format!(
+                "{} belongs to uid {}, neither root nor this agent (uid {uid})",
+                a.display(),
+                m.uid()
+            ));
+        }
+        if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+            return Some(format!(
+                "{} is writable by group or other (mode {:04o}) without the sticky bit",
+                a.display(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    None
+}
+
 /// A temp file beside its destination that is removed unless committed.
 pub struct Staged {
     tmp: PathBuf,
@@ -310,6 +345,33 @@ mod tests {
         }
         drop(held);
         lock_file(&p, false).expect("free again");
+    }
+
+    #[test]
+    fn a_directory_someone_else_owns_or_may_write_is_untrusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::geteuid().as_raw();
+        let d = tempfile::tempdir().unwrap();
+        let ok = d.path().join("ok");
+        std::fs::create_dir(&ok).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(untrusted_dir(&ok, me), None);
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(untrusted_dir(&ok, me)
+            .unwrap()
+            .contains("without the sticky bit"));
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(untrusted_dir(&ok, me), None, "sticky like /var/tmp");
+        // Through a symlink, the real directory is judged.
+        let link = d.path().join("link");
+        symlink(&ok, &link).unwrap();
+        assert_eq!(untrusted_dir(&link, me), None);
+        if me == 0 {
+            nix::unistd::chown(&ok, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            assert!(untrusted_dir(&ok, me)
+                .unwrap()
+                .contains("belongs to uid 65534"));
+        }
     }
 
     #[test]

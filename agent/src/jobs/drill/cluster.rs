@@ -30,12 +30,28 @@ impl Cluster {
                 .create(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        reap_stale(parent);
+        // Decrypted customer data goes below: nobody else may be able to
+        // swap the directory (or one above it) under the drill.
+        let me = nix::unistd::geteuid().as_raw();
+        if let Some(why) = crate::fsx::untrusted_dir(parent, me) {
+            bail!(
+                "the drill's spool directory {} is not safe for decrypted backups: {why}; \
+                 use a directory owned by root or the agent and not writable by others \
+                 (or a sticky one like /var/tmp), set in [restore_drill] spool_dir",
+                parent.display()
+            );
+        }
+        reap_stale(parent, me);
         let dir = parent.join(format!("drill-{}", &crate::util::new_id()[..12]));
+        // mkdir never follows a symlink and fails if the name exists.
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // Whose drill this is: a later run reaps it if this process died (kill -9).
-        std::fs::write(dir.join(OWNER), std::process::id().to_string())
-            .with_context(|| format!("writing {}", dir.join(OWNER).display()))?;
+        {
+            use std::io::Write;
+            let mut f = crate::fsx::create_new(&dir.join(OWNER), 0o600)?;
+            write!(f, "{}", std::process::id())
+                .with_context(|| format!("writing {}", dir.join(OWNER).display()))?;
+        }
         let user = if nix::unistd::geteuid().is_root() {
             let u = nix::unistd::User::from_name(run_as)
                 .ok()
@@ -160,20 +176,27 @@ const OWNER: &str = "agent.pid";
 
 /// Stop and remove what a drill killed with SIGKILL left under `parent`: its
 /// postmaster (still running, holding the decrypted data) and its directory
-/// (a plaintext dump in the spool). A dir is stale when the agent process named
-/// in it is gone; one without that file only when older than a minute (it may
-/// be a live drill between mkdir and writing the file).
-fn reap_stale(parent: &Path) {
+/// (a plaintext dump in the spool). Only directories this agent's uid owns
+/// (never a symlink, never another user's `drill-*`). A dir is stale when the
+/// agent process named in it is gone; one without that file only when older
+/// than a minute (it may be a live drill between mkdir and writing the file).
+fn reap_stale(parent: &Path, me: u32) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(parent) else {
         return;
     };
     for e in rd.flatten() {
         let dir = e.path();
         let is_drill = e.file_name().to_string_lossy().starts_with("drill-");
-        if !is_drill || !e.file_type().is_ok_and(|t| t.is_dir()) {
+        // DirEntry::metadata does not follow a symlink.
+        let ours = e
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_dir() && m.uid() == me);
+        if !is_drill || !ours {
             continue;
         }
-        let owner: Option<i32> = std::fs::read_to_string(dir.join(OWNER))
+        let owner: Option<i32> = crate::fsx::open_read(&dir.join(OWNER))
+            .and_then(std::io::read_to_string)
             .ok()
             .and_then(|s| s.trim().parse().ok());
         let stale = match owner {
@@ -198,7 +221,8 @@ fn reap_stale(parent: &Path) {
 /// SIGKILL after 10 s. Checks the pid really is a postgres of that data dir.
 fn stop_postmaster(data: &Path) {
     use nix::sys::signal::{kill, Signal};
-    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+    let Some(pid) = crate::fsx::open_read(&data.join("postmaster.pid"))
+        .and_then(std::io::read_to_string)
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
     else {
@@ -267,7 +291,8 @@ impl Cluster {
         let pid_file = data.join("postmaster.pid");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let pid = loop {
-            let pid = std::fs::read_to_string(&pid_file)
+            let pid = crate::fsx::open_read(&pid_file)
+                .and_then(std::io::read_to_string)
                 .ok()
                 .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
             if pid.is_some() || std::time::Instant::now() > deadline {

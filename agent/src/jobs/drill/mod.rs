@@ -475,7 +475,10 @@ async fn decrypt_stream(
         }
         let mut input = std::io::BufReader::with_capacity(1 << 20, input);
         let r = (|| {
-            let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&to)?);
+            // Decrypted customer data: readable by the agent only, never
+            // written through a planted name.
+            let out =
+                std::io::BufWriter::with_capacity(1 << 20, crate::fsx::create_new(&to, 0o600)?);
             let mut w = HashW {
                 w: out,
                 h: sha2::Sha256::new(),
