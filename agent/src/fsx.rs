@@ -186,6 +186,28 @@ impl Staged {
             .expect("a staged file is open until committed")
     }
 
+    /// A second handle on the temp file (for a writer that takes ownership).
+    pub fn file_handle(&mut self) -> anyhow::Result<File> {
+        self.file()
+            .try_clone()
+            .with_context(|| format!("duplicating the handle of {}", self.tmp.display()))
+    }
+
+    /// Like [`Staged::commit`], but never over an existing file: the temp
+    /// file is linked to the destination (which fails if it exists) and then
+    /// removed.
+    pub fn commit_new(mut self) -> anyhow::Result<()> {
+        let f = self.file.take().expect("committed once");
+        f.sync_all()
+            .with_context(|| format!("fsync of {}", self.tmp.display()))?;
+        drop(f);
+        std::fs::hard_link(&self.tmp, &self.dest)
+            .with_context(|| format!("creating {}", self.dest.display()))?;
+        let _ = std::fs::remove_file(&self.tmp);
+        self.tmp = PathBuf::new();
+        sync_dir(parent_of(&self.dest))
+    }
+
     /// Where the temp file is (for messages).
     pub fn tmp_path(&self) -> &Path {
         &self.tmp

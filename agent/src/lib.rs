@@ -33,6 +33,8 @@ pub mod metrics;
 pub mod outbox;
 /// PostgreSQL helpers shared by backup and drill.
 pub mod pg;
+/// Phase and byte counts of a running job.
+pub mod progress;
 /// Typed Proxmox VE API client (token auth, verified TLS, UPIDs, tasks).
 pub mod pve;
 /// The one job runner.

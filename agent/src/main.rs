@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use cloudnx_agent::cli;
+use cloudnx_agent::jobs::kind::RestoreParams;
 use cloudnx_agent::jobs::{JobKind, JobParams};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,17 @@ enum Verb {
         #[arg(long, value_name = "NAME")]
         destination: Option<String>,
     },
+    /// Get one backup back — into a live server or a file — verified against
+    /// its manifest before a byte is written.
+    Restore(RestoreArgs),
+    /// The complete backups the destinations hold.
+    Backups {
+        #[command(subcommand)]
+        verb: BackupsVerb,
+    },
+    /// What this host's duties last did, and whether anything needs attention
+    /// (exit 1 when something is failing or past its alert threshold).
+    Status,
     /// Snapshot the selected Proxmox VE guests now and prune old snapshots.
     Snapshot,
     /// Check every LUKS volume against the policy now.
@@ -50,6 +62,57 @@ enum Verb {
     Audit {
         #[command(subcommand)]
         verb: AuditVerb,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("into").required(true).args(["target", "output"])))]
+struct RestoreArgs {
+    /// The database (`_globals`: the cluster's roles and tablespaces, with --output).
+    #[arg(long, value_name = "NAME")]
+    database: String,
+    /// Which backup: a stamp (YYYYMMDDTHHMMSSZ, see `backups list`) or `latest`.
+    #[arg(long, value_name = "STAMP|latest", default_value = "latest")]
+    backup: String,
+    /// Fetch from this destination (default: the first of [backup] destinations).
+    #[arg(long, value_name = "NAME")]
+    destination: Option<String>,
+    /// Another host's backups on that destination (its host_id).
+    #[arg(long, value_name = "HOST_ID")]
+    host: Option<String>,
+    /// Armored OpenPGP secret key (default: [restore_drill] decryption_key).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Restore into this server (libpq conninfo; passwords belong in ~/.pgpass).
+    #[arg(long, value_name = "CONNINFO")]
+    target: Option<String>,
+    /// The database to restore into (default: the original name); created when absent.
+    #[arg(long, value_name = "NAME", requires = "target")]
+    target_database: Option<String>,
+    /// Drop and re-create the backup's objects in a non-empty target database.
+    #[arg(long, requires = "target")]
+    clean: bool,
+    /// Parallel pg_restore jobs (default: [restore_drill] jobs, else the cores).
+    #[arg(long, value_name = "N", requires = "target", value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: Option<u32>,
+    /// Write the decrypted dump (custom format; SQL for _globals) to this new file, mode 0600.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BackupsVerb {
+    /// List complete backups, newest first.
+    List {
+        /// Only this database (repeatable).
+        #[arg(long = "database", value_name = "NAME")]
+        databases: Vec<String>,
+        /// Only this destination (default: every [[destinations]]).
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
+        /// Another host's backups (its host_id).
+        #[arg(long, value_name = "HOST_ID")]
+        host: Option<String>,
     },
 }
 
@@ -108,6 +171,48 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Verb::Restore(a) => {
+                let backup = (a.backup != "latest").then_some(a.backup);
+                cli::job::run_job(
+                    config,
+                    JobKind::Restore,
+                    JobParams {
+                        destination: a.destination,
+                        restore: Some(RestoreParams {
+                            database: a.database,
+                            backup,
+                            host: a.host,
+                            key: a.key,
+                            target: a.target,
+                            target_database: a.target_database,
+                            clean: a.clean,
+                            jobs: a.jobs,
+                            output: a.output,
+                        }),
+                        ..Default::default()
+                    },
+                    json,
+                )
+                .await
+            }
+            Verb::Backups {
+                verb:
+                    BackupsVerb::List {
+                        databases,
+                        destination,
+                        host,
+                    },
+            } => {
+                cli::backups::list(
+                    config,
+                    &databases,
+                    destination.as_deref(),
+                    host.as_deref(),
+                    json,
+                )
+                .await
+            }
+            Verb::Status => cli::status::run(config, json).await,
             Verb::Snapshot => {
                 cli::job::run_job(config, JobKind::Snapshot, JobParams::default(), json).await
             }

@@ -187,6 +187,7 @@ impl JobLock {
 
 /// One admitted run on its way through [`Runner::execute`].
 struct Run {
+    progress: Arc<crate::progress::Progress>,
     id: String,
     kind: JobKind,
     trigger: Trigger,
@@ -317,7 +318,7 @@ impl Runner {
 
     /// Check that `kind` can run now and take its lock.
     fn admit(&self, kind: JobKind, cfg: &Config) -> Result<JobLock, SubmitError> {
-        if kind.schedule(cfg).is_none() {
+        if !kind.configured(cfg) {
             return Err(SubmitError::NotConfigured(kind));
         }
         if let Some((id, _)) = self.lock_table().running.get(&kind) {
@@ -375,6 +376,7 @@ impl Runner {
         let lock = self.admit(kind, &cfg)?;
         let (rec, cancel) = self.enqueue(kind, &trigger);
         let run = Run {
+            progress: Arc::default(),
             id: rec.id.clone(),
             kind,
             trigger,
@@ -399,14 +401,17 @@ impl Runner {
         Ok(rec)
     }
 
-    /// Run a job to completion in this task (the CLI one-shot path).
+    /// Run a job to completion in this task (the CLI one-shot path);
+    /// `progress` is updated as it goes.
     pub async fn run_now(
         self: &Arc<Self>,
         kind: JobKind,
         trigger: Trigger,
         params: JobParams,
+        progress: Arc<crate::progress::Progress>,
     ) -> Result<JobRecord, SubmitError> {
-        let (run, _) = self.prepare(kind, trigger, params)?;
+        let (mut run, _) = self.prepare(kind, trigger, params)?;
+        run.progress = progress;
         Ok(self.execute(run).await)
     }
 
@@ -498,6 +503,7 @@ impl Runner {
             params: run.params.clone(),
             cancel: run.cancel.clone(),
             actor: run.actor(),
+            progress: run.progress.clone(),
             audit_log: run.audit_log(),
             outbox: Outbox::new(&run.cfg.state_dir),
         };

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pve", 0),
     ("pg", 0),
     ("logging", 0),
+    ("progress", 0),
     ("config", 1),
     ("jobs", 2),
     ("runner", 3),

@@ -121,6 +121,16 @@ pub fn first_gap(nums: &[u64]) -> Option<u64> {
         .map(|(_, want)| want)
 }
 
+/// The last whole line of `path` (None for a missing or empty file), read
+/// without the writer's lock and without repairing anything (for `status`).
+pub fn peek_last_line(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+    match crate::fsx::open_read(path) {
+        Ok(mut f) => Ok(read_tail(&mut f)?.last_line),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The end of a line file: where its whole lines end, and its last whole line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tail {

@@ -27,6 +27,7 @@ pub fn check_config(flag: Option<PathBuf>) -> u8 {
     let now = chrono::Utc::now();
     for k in JobKind::ALL {
         match k.schedule(&cfg) {
+            None if k.configured(&cfg) => println!("  {:<14} on command only", k.as_str()),
             None => println!("  {:<14} off (no [{}] section)", k.as_str(), k.section()),
             Some(s) => {
                 let next = s.next_after(now, cfg.timezone).map_or("never".into(), |t| {

@@ -156,6 +156,7 @@ pub async fn run(config: Option<PathBuf>, a: CtlArgs) -> u8 {
             .json(&crate::jobs::JobParams {
                 databases: databases.clone(),
                 destination: destination.clone(),
+                ..Default::default()
             }),
         Call::Job { id } => client.get(format!("{base}/v1/jobs/{id}")),
         Call::Audit { after_seq, limit } => client.get(format!(

@@ -22,7 +22,9 @@ pub async fn run_job(flag: Option<PathBuf>, kind: JobKind, params: JobParams, js
         return EXIT_FAILED;
     }
     let runner = Runner::new(path, cfg);
-    let run = runner.run_now(kind, trigger, params);
+    let progress = std::sync::Arc::<crate::progress::Progress>::default();
+    let drawing = super::progress::draw(progress.clone());
+    let run = runner.run_now(kind, trigger, params, progress);
     // Ctrl-C / SIGTERM cancel the job cleanly, as in the daemon.
     let token = runner.shutdown_token();
     tokio::spawn(async move {
@@ -34,7 +36,9 @@ pub async fn run_job(flag: Option<PathBuf>, kind: JobKind, params: JobParams, js
         }
         token.cancel();
     });
-    match run.await {
+    let result = run.await;
+    drawing.finish().await;
+    match result {
         Err(e @ SubmitError::NotConfigured(_)) => {
             eprintln!("cloudnx-agent: {e}");
             EXIT_USAGE

@@ -4,9 +4,12 @@
 //! configuration error.
 
 pub mod audit;
+pub mod backups;
 pub mod check;
 pub mod ctl;
 pub mod job;
+pub mod progress;
+pub mod status;
 
 use crate::config::{self, Config};
 use std::path::PathBuf;

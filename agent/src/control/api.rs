@@ -298,7 +298,21 @@ fn submit(shared: &Arc<Shared>, actor: &str, rid: &str, kind: &str, body: &[u8])
             format!("unknown job kind {kind:?}; one of {kinds:?}"),
         );
     };
+    if !kind.startable_by_api() {
+        return Reply::error(
+            StatusCode::FORBIDDEN,
+            "api.job.submit",
+            format!("{kind} runs only from the host itself (cloudnx-agent {kind}), never through the API"),
+        );
+    }
     let params = match job_params(body) {
+        Ok(p) if p.restore.is_some() => {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                "api.job.submit",
+                format!("`restore` parameters are not accepted for {kind}"),
+            )
+        }
         Ok(p) => p,
         Err(e) => {
             return Reply::error(
@@ -352,7 +366,7 @@ async fn status(shared: &Arc<Shared>) -> Value {
         jobs.insert(
             k.as_str().into(),
             json!({
-                "configured": k.schedule(&cfg).is_some(),
+                "configured": k.configured(&cfg),
                 "running": r.is_running(k),
                 "next_run": next.get(&k),
                 "last_run": last.get(&k),

@@ -23,6 +23,8 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// Who started it (audit actor).
     pub actor: String,
+    /// How far the run has got (drawn on a terminal by the CLI).
+    pub progress: Arc<crate::progress::Progress>,
     pub(crate) audit_log: AuditLog,
     pub(crate) outbox: Outbox,
 }

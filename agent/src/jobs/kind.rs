@@ -17,15 +17,18 @@ pub enum JobKind {
     Snapshot,
     /// LUKS policy, live state, re-open, header backups.
     LuksCheck,
+    /// Get one backup back on command (CLI only, never scheduled).
+    Restore,
 }
 
 impl JobKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Backup,
         JobKind::RestoreDrill,
         JobKind::Snapshot,
         JobKind::LuksCheck,
+        JobKind::Restore,
     ];
 
     /// The name used in the CLI, the API, metrics and locks.
@@ -35,6 +38,7 @@ impl JobKind {
             JobKind::RestoreDrill => "restore-drill",
             JobKind::Snapshot => "snapshot",
             JobKind::LuksCheck => "luks-check",
+            JobKind::Restore => "restore",
         }
     }
 
@@ -50,17 +54,34 @@ impl JobKind {
             JobKind::RestoreDrill => "restore_drill",
             JobKind::Snapshot => "snapshots",
             JobKind::LuksCheck => "luks",
+            JobKind::Restore => "destinations",
         }
     }
 
-    /// The kind's schedule, when its section is configured.
+    /// The kind's schedule, when its section is configured (never for
+    /// kinds that only run on command).
     pub fn schedule(self, cfg: &Config) -> Option<&Schedule> {
         match self {
             JobKind::Backup => cfg.backup.as_ref().map(|s| &s.schedule),
             JobKind::RestoreDrill => cfg.restore_drill.as_ref().map(|s| &s.schedule),
             JobKind::Snapshot => cfg.snapshots.as_ref().map(|s| &s.schedule),
             JobKind::LuksCheck => cfg.luks.as_ref().map(|s| &s.schedule),
+            JobKind::Restore => None,
         }
+    }
+
+    /// Whether this host's configuration lets the kind run at all.
+    pub fn configured(self, cfg: &Config) -> bool {
+        match self {
+            JobKind::Restore => !cfg.destinations.is_empty(),
+            k => k.schedule(cfg).is_some(),
+        }
+    }
+
+    /// Whether the control plane may start it. A restore writes into a live
+    /// database or a file on this host: only someone on the host decides that.
+    pub fn startable_by_api(self) -> bool {
+        !matches!(self, JobKind::Restore)
     }
 
     /// How loudly a failure of this kind is reported: a failed drill pages.
@@ -94,7 +115,43 @@ pub struct JobParams {
     /// Backup: only these databases (default: as configured).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,
-    /// Restore drill: fetch from this destination (default: as configured).
+    /// Restore drill, restore: fetch from this destination (default: as configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// Restore: what to get back and where to (CLI only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreParams>,
+}
+
+/// What `cloudnx-agent restore` was asked (SPEC §9). No secret ever goes in
+/// here: it is audited as given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreParams {
+    /// The database (`_globals`: the cluster's roles and tablespaces).
+    pub database: String,
+    /// A stamp (`YYYYMMDDTHHMMSSZ`); None = the newest complete backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Another host's backups (its prefix) on the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The OpenPGP secret key (default: `[restore_drill] decryption_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// libpq conninfo of the server to restore into (no password: .pgpass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The database to restore into (default: the original name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_database: Option<String>,
+    /// Drop and re-create the objects of a non-empty target database.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean: bool,
+    /// `pg_restore --jobs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+    /// Write the decrypted dump to this file instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<std::path::PathBuf>,
 }

@@ -7,11 +7,15 @@
 //! control plane or the CLI.
 
 pub mod backup;
+pub mod catalog;
 pub mod context;
 pub mod drill;
 pub mod kind;
 pub mod luks;
+pub mod restore;
+pub mod retrieve;
 pub mod snapshot;
+pub mod workdir;
 
 pub use context::{JobContext, Outcome};
 pub use kind::{JobKind, JobParams};
@@ -23,5 +27,6 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         JobKind::RestoreDrill => drill::run(ctx).await,
         JobKind::Snapshot => snapshot::run(ctx).await,
         JobKind::LuksCheck => luks::run(ctx).await,
+        JobKind::Restore => restore::run(ctx).await,
     }
 }

@@ -44,6 +44,11 @@ impl ConnInfo {
         Ok(ConnInfo { cfg })
     }
 
+    /// Whether the conninfo carries a password.
+    pub fn has_password(&self) -> bool {
+        self.cfg.get_password().is_some()
+    }
+
     /// Where this points, without secrets (for messages).
     pub fn describe(&self) -> String {
         let host = match self.cfg.get_hosts().first() {
@@ -328,6 +333,31 @@ pub async fn row_counts(client: &Client) -> anyhow::Result<BTreeMap<String, i64>
         .get(0);
     out.insert("pg_catalog.pg_largeobject_metadata".into(), n);
     Ok(out)
+}
+
+/// Run a PostgreSQL program to its end (killed if the caller gives up);
+/// an error names `what`, the exit status and the end of its stderr.
+pub async fn run(mut c: tokio::process::Command, what: &str) -> anyhow::Result<()> {
+    c.kill_on_drop(true);
+    let out = c
+        .output()
+        .await
+        .with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim();
+        // The end is where the reason is.
+        let tail: String = err
+            .chars()
+            .rev()
+            .take(1000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        anyhow::bail!("{what} failed ({}): {tail}", out.status);
+    }
+    Ok(())
 }
 
 /// Quote an SQL identifier.

@@ -88,6 +88,12 @@ pub trait Destination: Send + Sync {
     /// Delete one object.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Deleted>>;
 
+    /// When the object's Object Lock retention ends (RFC 3339), if it is
+    /// locked; None where the store has no locks.
+    fn locked_until<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<String>>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Abort uploads under `prefix` that were started and never completed nor
     /// aborted (the agent was killed mid-upload); returns their keys. Only
     /// called while the backup lock is held, so none of them is still live.

@@ -4,9 +4,12 @@
 //! {prefix}/postgres/{database}/{stamp}/{database}.dump.pgp
 //! {prefix}/postgres/{database}/{stamp}/manifest.json      # written last
 //! ```
-//! The cluster's globals (roles, tablespaces: `pg_dumpall --globals-only`, plain
-//! SQL) live under the reserved database name [`GLOBALS`], which PostgreSQL
-//! databases backed up by the agent may not use.
+//! `{database}` is the directory *segment* of a backup ([`segment`]): a
+//! database's name with `%`, `/`, control characters and a leading `.`
+//! percent-encoded (so any name PostgreSQL accepts is a safe, reversible key
+//! component), and the cluster's globals (roles, tablespaces: `pg_dumpall
+//! --globals-only`, plain SQL) under the literal [`GLOBALS`]; a database really
+//! named `_globals` is stored as `%5Fglobals`. The manifest carries the real name.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -70,46 +73,85 @@ pub struct Manifest {
     pub compression_level: Option<u8>,
 }
 
-/// The directory of all backups of a database: `{prefix}/postgres/{database}/`.
-pub fn database_dir(prefix: &str, database: &str) -> String {
+/// The directory segment of what a backup holds: [`GLOBALS`] for the
+/// globals, the encoded database name otherwise (see the module doc).
+pub fn segment(database: &str, content: Content) -> String {
+    match content {
+        Content::Globals => GLOBALS.to_owned(),
+        Content::Database if database == GLOBALS => "%5Fglobals".to_owned(),
+        Content::Database => {
+            let mut out = String::with_capacity(database.len());
+            for (i, ch) in database.char_indices() {
+                if ch == '%' || ch == '/' || ch.is_control() || (i == 0 && ch == '.') {
+                    let mut buf = [0u8; 4];
+                    for b in ch.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                } else {
+                    out.push(ch);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// What a directory segment holds and the real database name (the inverse
+/// of [`segment`]); None for a segment the agent never writes.
+pub fn parse_segment(seg: &str) -> Option<(String, Content)> {
+    if seg == GLOBALS {
+        return Some((GLOBALS.to_owned(), Content::Globals));
+    }
+    if seg.is_empty() || seg.starts_with('.') {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(seg.len());
+    let mut it = seg.bytes();
+    while let Some(b) = it.next() {
+        if b == b'%' {
+            let hex = [it.next()?, it.next()?];
+            bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            bytes.push(b);
+        }
+    }
+    let name = String::from_utf8(bytes).ok()?;
+    // Only the canonical spelling: one name, one directory.
+    (segment(&name, Content::Database) == seg).then_some((name, Content::Database))
+}
+
+/// The directory of all backups of a segment: `{prefix}/postgres/{segment}/`.
+pub fn database_dir(prefix: &str, segment: &str) -> String {
+    format!("{}{segment}/", postgres_dir(prefix))
+}
+
+/// `{prefix}/postgres/`: where every database's directory is.
+pub fn postgres_dir(prefix: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() {
-        format!("postgres/{database}/")
+        "postgres/".to_owned()
     } else {
-        format!("{p}/postgres/{database}/")
+        format!("{p}/postgres/")
     }
 }
 
 /// The object key of a backup.
-pub fn object_key(prefix: &str, database: &str, stamp: &str) -> String {
+pub fn object_key(prefix: &str, segment: &str, stamp: &str) -> String {
     format!(
         "{}{stamp}/{}",
-        database_dir(prefix, database),
-        object_name(database)
+        database_dir(prefix, segment),
+        object_name(segment)
     )
 }
 
 /// The manifest key of a backup.
-pub fn manifest_key(prefix: &str, database: &str, stamp: &str) -> String {
-    format!("{}{stamp}/{MANIFEST}", database_dir(prefix, database))
+pub fn manifest_key(prefix: &str, segment: &str, stamp: &str) -> String {
+    format!("{}{stamp}/{MANIFEST}", database_dir(prefix, segment))
 }
 
-/// `{database}.dump.pgp`.
-pub fn object_name(database: &str) -> String {
-    format!("{database}.dump.pgp")
-}
-
-/// Why a database name cannot be used in the layout, if it cannot.
-pub fn unusable_name(database: &str) -> Option<&'static str> {
-    if database == GLOBALS {
-        Some("it is reserved for the globals backup")
-    } else if database.is_empty() || database.starts_with('.') {
-        Some("it is empty or starts with '.'")
-    } else if database.contains('/') || database.contains('\0') {
-        Some("it contains '/'")
-    } else {
-        None
-    }
+/// `{segment}.dump.pgp`.
+pub fn object_name(segment: &str) -> String {
+    format!("{segment}.dump.pgp")
 }
 
 #[cfg(test)]
@@ -130,11 +172,48 @@ mod tests {
     }
 
     #[test]
-    fn names_that_break_the_layout_are_refused() {
-        assert!(unusable_name("app").is_none());
-        assert!(unusable_name("ünïcode db").is_none());
-        for bad in [GLOBALS, "", ".hidden", "a/b"] {
-            assert!(unusable_name(bad).is_some(), "{bad}");
+    fn every_name_postgres_accepts_is_a_reversible_safe_segment() {
+        let table = [
+            ("app", "app"),
+            ("ünïcode db", "ünïcode db"),
+            ("a/b", "a%2Fb"),
+            ("50%", "50%25"),
+            (".x", "%2Ex"),
+            ("x.", "x."),
+            ("..", "%2E."),
+            ("tab\tnl\n", "tab%09nl%0A"),
+            ("_globals", "%5Fglobals"),
+            ("_globalsx", "_globalsx"),
+        ];
+        for (name, seg) in table {
+            assert_eq!(segment(name, Content::Database), seg, "{name:?}");
+            assert_eq!(
+                parse_segment(seg),
+                Some((name.to_owned(), Content::Database)),
+                "{seg}"
+            );
+        }
+        assert_eq!(segment("anything", Content::Globals), GLOBALS);
+        assert_eq!(
+            parse_segment(GLOBALS),
+            Some((GLOBALS.to_owned(), Content::Globals))
+        );
+        // Segments the agent never writes are not taken for backups.
+        for odd in ["", ".x", "a%2", "a%zz", "%61pp", "%FF"] {
+            assert_eq!(parse_segment(odd), None, "{odd}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn segments_round_trip_and_stay_one_path_component(name in "\\PC{0,20}|[./%_a-z\\x00-\\x1f]{0,12}") {
+            let seg = segment(&name, Content::Database);
+            proptest::prop_assert!(!seg.contains('/'));
+            proptest::prop_assert!(!seg.starts_with('.'));
+            proptest::prop_assert!(seg != GLOBALS);
+            if !name.is_empty() {
+                proptest::prop_assert_eq!(parse_segment(&seg), Some((name.clone(), Content::Database)));
+            }
         }
     }
 }

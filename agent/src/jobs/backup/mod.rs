@@ -40,6 +40,8 @@ struct DestResult {
 /// The result of one database.
 struct DbResult {
     database: String,
+    /// Its directory segment on every destination.
+    segment: String,
     stamp: String,
     seconds: f64,
     manifest: Option<Manifest>,
@@ -135,10 +137,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
                     crate::util::unix_now(),
                 );
             }
-            match env
-                .prune(dest.as_ref(), &r.database, &r.stamp, succeeded, now)
-                .await
-            {
+            match env.prune(dest.as_ref(), r, succeeded, now).await {
                 Ok((retained, log)) => {
                     metrics.set(
                         Family::BackupRetained,
@@ -239,11 +238,7 @@ async fn select_databases(
             .filter(|d| !cfg.exclude_databases.contains(d))
             .collect()
     };
-    for d in &wanted {
-        if let Some(why) = manifest::unusable_name(d) {
-            bail!("cannot back up database {d:?}: {why}; rename it or list it in [backup] exclude_databases");
-        }
-    }
+    // Any name PostgreSQL accepts is stored under its encoded segment.
     Ok(wanted)
 }
 
@@ -266,18 +261,20 @@ impl Env<'_> {
 
     async fn backup_one(&self, database: &str, content: Content) -> DbResult {
         let clock = std::time::Instant::now();
-        let (started, stamp) = self.free_stamp(database).await;
+        let segment = manifest::segment(database, content);
+        let (started, stamp) = self.free_stamp(&segment).await;
         let dests: Vec<DestResult> = self
             .dests
             .iter()
             .map(|d| DestResult {
                 name: d.name().to_owned(),
-                key: manifest::object_key(self.prefix(d.name()), database, &stamp),
+                key: manifest::object_key(self.prefix(d.name()), &segment, &stamp),
                 error: None,
             })
             .collect();
         let mut r = DbResult {
             database: database.to_owned(),
+            segment,
             stamp,
             seconds: 0.0,
             manifest: None,
@@ -295,11 +292,11 @@ impl Env<'_> {
         r
     }
 
-    /// A start time whose stamp no destination holds yet for `database`: two
+    /// A start time whose stamp no destination holds yet for `segment`: two
     /// runs in one second, or a clock set back onto an old stamp, would
     /// otherwise write a new object under an existing (complete) backup's
     /// manifest. Waits for the next second while the stamp is taken.
-    async fn free_stamp(&self, database: &str) -> (chrono::DateTime<chrono::Utc>, String) {
+    async fn free_stamp(&self, segment: &str) -> (chrono::DateTime<chrono::Utc>, String) {
         let mut tries = 0;
         loop {
             let started = chrono::Utc::now();
@@ -308,8 +305,8 @@ impl Env<'_> {
             for d in self.dests {
                 let p = self.prefix(d.name());
                 for key in [
-                    manifest::object_key(p, database, &stamp),
-                    manifest::manifest_key(p, database, &stamp),
+                    manifest::object_key(p, segment, &stamp),
+                    manifest::manifest_key(p, segment, &stamp),
                 ] {
                     // An unreachable destination fails later, in its upload.
                     taken |= matches!(d.size(&key).await, Ok(Some(_)));
@@ -406,7 +403,7 @@ impl Env<'_> {
             finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             server_version: self.version.text.clone(),
             pg_dump_version,
-            object: manifest::object_name(&db),
+            object: manifest::object_name(&r.segment),
             size_bytes: streamed.size,
             sha256: streamed.sha256,
             plaintext_size_bytes: streamed.plaintext_size,
@@ -431,7 +428,7 @@ impl Env<'_> {
                         m.size_bytes
                     );
                 }
-                let mkey = manifest::manifest_key(self.prefix(d.name()), &db, &r.stamp);
+                let mkey = manifest::manifest_key(self.prefix(d.name()), &r.segment, &r.stamp);
                 d.put(&mkey, body.clone())
                     .await
                     .context("writing the manifest")
@@ -450,12 +447,12 @@ impl Env<'_> {
     async fn prune(
         &self,
         dest: &dyn Destination,
-        database: &str,
-        current: &str,
+        r: &DbResult,
         succeeded: bool,
         now: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<(usize, Vec<serde_json::Value>)> {
-        let dir = manifest::database_dir(self.prefix(dest.name()), database);
+        let (database, current) = (r.database.as_str(), r.stamp.as_str());
+        let dir = manifest::database_dir(self.prefix(dest.name()), &r.segment);
         let mut log = Vec::new();
         // Multipart uploads a killed run left open cost storage and are
         // invisible to listing: abort them (this run's own are finished).

@@ -4,12 +4,14 @@
 //! directory when dropped, so every exit path — success, failure, timeout,
 //! cancellation — tears it down.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 /// The private directory of a drill and, once started, its cluster.
 pub struct Cluster {
+    /// Removed (after the cluster is stopped) when the cluster is dropped.
+    _work: crate::jobs::workdir::Workdir,
     dir: PathBuf,
     bin: PathBuf,
     user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
@@ -21,37 +23,10 @@ pub struct Cluster {
 impl Cluster {
     /// Create the private directory under `parent` (spool and cluster live in it).
     pub fn prepare(parent: &Path, bin: &Path, run_as: &str) -> anyhow::Result<Cluster> {
-        // The cluster's owner must traverse the parent: 0711, not 0700.
-        if !parent.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        // Decrypted customer data goes below: nobody else may be able to
-        // swap the directory (or one above it) under the drill.
-        let me = nix::unistd::geteuid().as_raw();
-        if let Some(why) = crate::fsx::untrusted_dir(parent, me) {
-            bail!(
-                "the drill's spool directory {} is not safe for decrypted backups: {why}; \
-                 use a directory owned by root or the agent and not writable by others \
-                 (or a sticky one like /var/tmp), set in [restore_drill] spool_dir",
-                parent.display()
-            );
-        }
-        reap_stale(parent, me);
-        let dir = parent.join(format!("drill-{}", &crate::util::new_id()[..12]));
-        // mkdir never follows a symlink and fails if the name exists.
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // Whose drill this is: a later run reaps it if this process died (kill -9).
-        {
-            use std::io::Write;
-            let mut f = crate::fsx::create_new(&dir.join(OWNER), 0o600)?;
-            write!(f, "{}", std::process::id())
-                .with_context(|| format!("writing {}", dir.join(OWNER).display()))?;
-        }
+        // The cluster's owner must traverse it: 0711, not 0700.
+        let work =
+            crate::jobs::workdir::Workdir::create(parent, "drill", 0o711, stop_postmaster_in)?;
+        let dir = work.path().to_owned();
         let user = if nix::unistd::geteuid().is_root() {
             let u = nix::unistd::User::from_name(run_as)
                 .ok()
@@ -62,6 +37,7 @@ impl Cluster {
             None
         };
         let mut c = Cluster {
+            _work: work,
             dir,
             bin: bin.to_owned(),
             user,
@@ -131,7 +107,7 @@ impl Cluster {
             "--encoding=UTF8",
             "--no-sync",
         ]);
-        run(init, "initdb of the throwaway cluster").await?;
+        crate::pg::run(init.into(), "initdb of the throwaway cluster").await?;
         // A throwaway restore target: nothing here must survive a crash, so
         // no durability (fsync, full pages, synchronous commit), WAL only as
         // much as crash-free operation needs (wal_level=minimal lets
@@ -153,68 +129,13 @@ impl Cluster {
             .arg(self.dir.join("log/postgres.log"))
             .args(["-o", &opts, "start"]);
         self.started = true;
-        run(start, "starting the throwaway cluster").await
+        crate::pg::run(start.into(), "starting the throwaway cluster").await
     }
 }
 
-async fn run(cmd: std::process::Command, what: &str) -> anyhow::Result<()> {
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let out = cmd.output().await.with_context(|| what.to_owned())?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The file in a drill dir that names the agent process owning it.
-const OWNER: &str = "agent.pid";
-
-/// Stop and remove what a drill killed with SIGKILL left under `parent`: its
-/// postmaster (still running, holding the decrypted data) and its directory
-/// (a plaintext dump in the spool). Only directories this agent's uid owns
-/// (never a symlink, never another user's `drill-*`). A dir is stale when the
-/// agent process named in it is gone; one without that file only when older
-/// than a minute (it may be a live drill between mkdir and writing the file).
-fn reap_stale(parent: &Path, me: u32) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let dir = e.path();
-        let is_drill = e.file_name().to_string_lossy().starts_with("drill-");
-        // DirEntry::metadata does not follow a symlink.
-        let ours = e
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_dir() && m.uid() == me);
-        if !is_drill || !ours {
-            continue;
-        }
-        let owner: Option<i32> = crate::fsx::open_read(&dir.join(OWNER))
-            .and_then(std::io::read_to_string)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let stale = match owner {
-            Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
-            None => e
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 60)),
-        };
-        if !stale {
-            continue;
-        }
-        tracing::warn!("removing {} left by a killed restore drill", dir.display());
-        stop_postmaster(&dir.join("data"));
-        if let Err(err) = std::fs::remove_dir_all(&dir) {
-            tracing::error!("removing {}: {err}", dir.display());
-        }
-    }
+/// What a killed drill left running in its directory: its postmaster.
+fn stop_postmaster_in(dir: &Path) {
+    stop_postmaster(&dir.join("data"));
 }
 
 /// Immediate shutdown (SIGQUIT) of the postmaster of `data`, if it still runs;
@@ -257,20 +178,7 @@ impl Drop for Cluster {
         if self.started {
             self.stop_hard();
         }
-        // A postmaster killed a moment ago may still be removing its files:
-        // retry instead of leaving the directory behind.
-        let mut last = None;
-        for _ in 0..50 {
-            match std::fs::remove_dir_all(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        if let Some(e) = last {
-            tracing::error!("removing {}: {e}", self.dir.display());
-        }
+        // `work` goes next and removes the directory.
     }
 }
 

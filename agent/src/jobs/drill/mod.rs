@@ -12,11 +12,11 @@
 //! exit path), or report success when any check did not run green.
 
 pub mod cluster;
-pub mod select;
 
-use super::backup::manifest::{self, Manifest};
 use crate::config::DrillConfig;
+use crate::jobs::backup::manifest::{self, Manifest};
 use crate::jobs::context::{JobContext, Outcome};
+use crate::jobs::{catalog, retrieve};
 use crate::metrics::{Family, MetricsUpdate};
 use crate::store::{self, Destination};
 use anyhow::{bail, Context};
@@ -85,7 +85,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let timeout = std::time::Duration::from_secs(u64::from(cfg.timeout_minutes) * 60);
     let r = tokio::select! {
-        r = tokio::time::timeout(timeout, drill(cfg, dest.clone(), &prefix, &mut report)) => match r {
+        r = tokio::time::timeout(timeout, drill(cfg, dest.clone(), &prefix, &mut report, &ctx.progress)) => match r {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!("timed out after {} minutes", cfg.timeout_minutes)),
         },
@@ -154,27 +154,22 @@ async fn drill(
     dest: Arc<dyn Destination>,
     prefix: &str,
     report: &mut Report,
+    progress: &Arc<crate::progress::Progress>,
 ) -> anyhow::Result<()> {
     report.phase = "select";
-    let dir = format!(
-        "{}postgres/",
-        if prefix.trim_matches('/').is_empty() {
-            String::new()
-        } else {
-            format!("{}/", prefix.trim_matches('/'))
-        }
-    );
+    let dir = manifest::postgres_dir(prefix);
     let keys: Vec<String> = dest.list(&dir).await?.into_iter().map(|o| o.key).collect();
-    let chosen = select::newest_complete(&dir, &keys, &cfg.databases);
-    if chosen.keys().all(|d| d == manifest::GLOBALS) {
+    let chosen = catalog::newest(&catalog::complete(&dir, &keys), &cfg.databases);
+    if chosen
+        .iter()
+        .all(|c| c.content == manifest::Content::Globals)
+    {
         bail!("no complete backup under {dir} on {}", dest.name());
     }
-    let mut manifests: Vec<(String, Manifest)> = Vec::new();
-    for (db, stamp) in &chosen {
-        let mkey = manifest::manifest_key(prefix, db, stamp);
-        let m: Manifest = serde_json::from_slice(&dest.get(&mkey).await?)
-            .with_context(|| format!("parsing {mkey}"))?;
-        manifests.push((stamp.clone(), m));
+    let mut manifests: Vec<(catalog::Complete, Manifest)> = Vec::new();
+    for c in chosen {
+        let m = retrieve::read_manifest(dest.as_ref(), &c.manifest_key(prefix)).await?;
+        manifests.push((c, m));
     }
     // The throwaway cluster runs the dumps' major version.
     let major = manifests
@@ -207,40 +202,41 @@ async fn drill(
     };
     let fetch = async {
         let mut dumps: Vec<(Manifest, PathBuf)> = Vec::new();
-        for (stamp, m) in &manifests {
-            // Download and decryption run at once, joined by a pipe: the
-            // ciphertext never lands on disk and an offsite download overlaps
-            // the decryption. The decrypting side always reads to the end, so
-            // the download's size and SHA-256 are checked first and a damaged
-            // object is named as such rather than as a decryption error.
+        for (c, m) in &manifests {
             report.phase = "download";
-            let t = Instant::now();
-            let key = manifest::object_key(prefix, &m.database, stamp);
+            let key = manifest::object_key(prefix, &c.segment, &c.stamp);
             let plain = spool.join(format!("{}.dump", dumps.len()));
-            let (rx, tx) = pipe().context("creating the download pipe")?;
-            let fetch = async {
-                let r = dest.fetch(&key, tx).await;
-                (r, t.elapsed())
-            };
-            let ((fetched, download), decrypted) =
-                tokio::join!(fetch, decrypt_stream(&cfg.decryption_key, rx, &plain));
-            report.add_time("download", download);
-            let (size, sha) = fetched?;
-            if size != m.size_bytes || sha != m.sha256 {
-                bail!("{key}: downloaded {size} bytes with SHA-256 {sha}, the manifest says {} bytes, {}: the object is damaged or was replaced", m.size_bytes, m.sha256);
+            // Decrypted customer data: readable by the agent only, never
+            // written through a planted name.
+            let out = crate::fsx::create_new(&plain, 0o600)?;
+            progress.phase(
+                format!("download and decrypt {}", m.database),
+                Some(m.size_bytes),
+            );
+            let fetched = retrieve::fetch_decrypt(
+                dest.as_ref(),
+                &key,
+                &cfg.decryption_key,
+                out,
+                &retrieve::Expected::from(m),
+                progress,
+            )
+            .await;
+            if let Ok(f) = &fetched {
+                report.add_time("download", f.download);
+                report.add_time("decrypt", f.decrypt);
             }
-            report.phase = "decrypt";
-            let (n, psha) = decrypted.with_context(|| format!("decrypting {key}"))?;
-            // What decryption took beyond the download it overlapped.
-            report.add_time("decrypt", t.elapsed().saturating_sub(download));
+            if let Err(
+                e @ (retrieve::FetchError::Decrypt { .. }
+                | retrieve::FetchError::PlaintextMismatch { .. }),
+            ) = &fetched
+            {
+                report.phase = "decrypt";
+                bail!("{e}");
+            }
+            fetched?;
             crate::fault_point!("drill::after_decrypt");
-            if n != m.plaintext_size_bytes || psha != m.plaintext_sha256 {
-                bail!(
-                    "{key}: decrypted {n} bytes with SHA-256 {psha}, the manifest says {} bytes, {}",
-                    m.plaintext_size_bytes,
-                    m.plaintext_sha256
-                );
-            }
+            let stamp = &c.stamp;
             report.backups.push(json!({"database": m.database, "stamp": stamp, "size_bytes": m.size_bytes, "server_version": m.server_version}));
             dumps.push((m.clone(), plain));
         }
@@ -265,7 +261,7 @@ async fn drill(
         c.args(["-X", "-q", "-d", "postgres", "-f"])
             .arg(file)
             .envs(env.iter().cloned());
-        run_child(c, &format!("restoring the globals of {}", m.host_id)).await?;
+        crate::pg::run(c, &format!("restoring the globals of {}", m.host_id)).await?;
     }
     for (m, file) in dumps
         .iter()
@@ -292,7 +288,7 @@ async fn drill(
             c.args(["--no-owner", "--no-acl"]);
         }
         c.arg(file).envs(env.iter().cloned());
-        run_child(c, &format!("pg_restore of {}", m.database)).await?;
+        crate::pg::run(c, &format!("pg_restore of {}", m.database)).await?;
     }
     report.add("restore", t);
     crate::fault_point!("drill::after_restore");
@@ -364,7 +360,7 @@ async fn check_database(
     let (counted, out) = tokio::try_join!(counts, amcheck)?;
     match (&m.row_counts, counted) {
         (Some(want), Some(got)) => {
-            let diffs = diff_counts(want, &got);
+            let diffs = retrieve::count_differences(want, &got);
             let detail = if diffs.is_empty() {
                 format!("{} tables match", want.len())
             } else {
@@ -420,119 +416,4 @@ async fn check_database(
         push(&format!("probe_{}", i + 1), ok, detail);
     }
     Ok(())
-}
-
-/// Differences between the manifest's row counts and the restored ones.
-fn diff_counts(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (t, n) in want {
-        match got.get(t) {
-            Some(g) if g == n => {}
-            Some(g) => out.push(format!("{t}: restored {g}, manifest {n}")),
-            None => out.push(format!("{t}: missing after restore (manifest {n})")),
-        }
-    }
-    for t in got.keys().filter(|t| !want.contains_key(*t)) {
-        out.push(format!("{t}: present after restore, not in the manifest"));
-    }
-    out
-}
-
-/// A pipe whose ends are plain files (read end, write end), 1 MiB deep when
-/// the kernel allows it. Close-on-exec: a child started meanwhile (initdb,
-/// the postmaster) must not inherit the write end, or the reader never sees
-/// the end of the download.
-fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-    Ok((std::fs::File::from(r), std::fs::File::from(w)))
-}
-
-/// Decrypt the message arriving on `input` into `to`; (plaintext size,
-/// plaintext SHA-256). Reads `input` to its end whatever happens, so the
-/// writer always finishes.
-async fn decrypt_stream(
-    key: &Path,
-    input: std::fs::File,
-    to: &Path,
-) -> anyhow::Result<(u64, String)> {
-    let (key, to) = (key.to_owned(), to.to_owned());
-    tokio::task::spawn_blocking(move || {
-        use sha2::Digest;
-        struct HashW<W> {
-            w: W,
-            h: sha2::Sha256,
-        }
-        impl<W: std::io::Write> std::io::Write for HashW<W> {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                let n = self.w.write(b)?;
-                self.h.update(&b[..n]);
-                Ok(n)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                self.w.flush()
-            }
-        }
-        let mut input = std::io::BufReader::with_capacity(1 << 20, input);
-        let r = (|| {
-            // Decrypted customer data: readable by the agent only, never
-            // written through a planted name.
-            let out =
-                std::io::BufWriter::with_capacity(1 << 20, crate::fsx::create_new(&to, 0o600)?);
-            let mut w = HashW {
-                w: out,
-                h: sha2::Sha256::new(),
-            };
-            let n = crate::crypto::decrypt(&key, &mut input, &mut w)?;
-            std::io::Write::flush(&mut w)?;
-            Ok((n, hex::encode(w.h.finalize())))
-        })();
-        let _ = std::io::copy(&mut input, &mut std::io::sink());
-        r
-    })
-    .await?
-}
-
-async fn run_child(mut c: tokio::process::Command, what: &str) -> anyhow::Result<()> {
-    c.kill_on_drop(true);
-    let out = c
-        .output()
-        .await
-        .with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "{what} failed ({}): {}",
-            out.status,
-            err.trim().chars().take(1000).collect::<String>()
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_count_differences_are_named() {
-        let m = |v: &[(&str, i64)]| {
-            v.iter()
-                .map(|(k, n)| ((*k).to_owned(), *n))
-                .collect::<BTreeMap<_, _>>()
-        };
-        assert!(diff_counts(&m(&[("a", 1)]), &m(&[("a", 1)])).is_empty());
-        assert_eq!(
-            diff_counts(&m(&[("a", 1)]), &m(&[("a", 2)])),
-            vec!["a: restored 2, manifest 1"]
-        );
-        assert_eq!(
-            diff_counts(&m(&[("a", 1)]), &m(&[])),
-            vec!["a: missing after restore (manifest 1)"]
-        );
-        assert_eq!(
-            diff_counts(&m(&[]), &m(&[("b", 0)])),
-            vec!["b: present after restore, not in the manifest"]
-        );
-    }
 }

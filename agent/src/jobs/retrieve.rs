@@ -1,0 +1,270 @@
+//! Getting one backup back — the one path the drill, `restore` (and the VM
+//! restore) share: the manifest (size-capped), then the object streamed from
+//! the destination through SHA-256 into streaming OpenPGP decryption, joined
+//! by a pipe (the ciphertext never lands on disk, and an offsite download
+//! overlaps decryption), the plaintext hashed as it is written. Nothing
+//! written here may be used before [`fetch_decrypt`] returned Ok: only then
+//! do the object's and the plaintext's sizes and SHA-256s match the manifest
+//! (and the OpenPGP MDC was checked at the end of the message).
+
+use crate::jobs::backup::manifest::Manifest;
+use crate::progress::{Counting, Progress};
+use crate::store::Destination;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The largest manifest read (real ones are a few KiB; a hostile or broken
+/// destination must not make the agent buffer gigabytes).
+pub const MAX_MANIFEST: usize = 1 << 20;
+
+/// What the object and its plaintext must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Object size.
+    pub size: u64,
+    /// Object SHA-256 (hex).
+    pub sha256: String,
+    /// Plaintext size.
+    pub plaintext_size: u64,
+    /// Plaintext SHA-256 (hex).
+    pub plaintext_sha256: String,
+}
+
+impl From<&Manifest> for Expected {
+    fn from(m: &Manifest) -> Self {
+        Expected {
+            size: m.size_bytes,
+            sha256: m.sha256.clone(),
+            plaintext_size: m.plaintext_size_bytes,
+            plaintext_sha256: m.plaintext_sha256.clone(),
+        }
+    }
+}
+
+/// How a verified fetch went.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Time to the last byte downloaded.
+    pub download: Duration,
+    /// Decryption time beyond the download it overlapped.
+    pub decrypt: Duration,
+}
+
+/// Why a backup could not be got back intact. Nothing written may be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The download failed.
+    #[error("downloading {key}: {source:#}")]
+    Download {
+        /// Object key.
+        key: String,
+        /// Cause.
+        source: anyhow::Error,
+    },
+    /// The object is not the one the manifest describes.
+    #[error("{key}: downloaded {size} bytes with SHA-256 {sha256}, the manifest says {want_size} bytes, {want_sha256}: the object is damaged or was replaced (checksum mismatch)")]
+    ObjectMismatch {
+        /// Object key.
+        key: String,
+        /// Downloaded size.
+        size: u64,
+        /// Downloaded SHA-256.
+        sha256: String,
+        /// Manifest's size.
+        want_size: u64,
+        /// Manifest's SHA-256.
+        want_sha256: String,
+    },
+    /// Decryption failed (wrong key, damaged message, MDC).
+    #[error("decrypting {key}: {source:#}")]
+    Decrypt {
+        /// Object key.
+        key: String,
+        /// Cause.
+        source: anyhow::Error,
+    },
+    /// The plaintext is not the dump the manifest describes.
+    #[error("{key}: decrypted {size} bytes with SHA-256 {sha256}, the manifest says {want_size} bytes, {want_sha256} (checksum mismatch)")]
+    PlaintextMismatch {
+        /// Object key.
+        key: String,
+        /// Decrypted size.
+        size: u64,
+        /// Decrypted SHA-256.
+        sha256: String,
+        /// Manifest's size.
+        want_size: u64,
+        /// Manifest's SHA-256.
+        want_sha256: String,
+    },
+}
+
+/// Read and parse a manifest, refusing one larger than [`MAX_MANIFEST`].
+pub async fn read_manifest(dest: &dyn Destination, key: &str) -> anyhow::Result<Manifest> {
+    let bytes = dest.get(key).await?;
+    anyhow::ensure!(
+        bytes.len() <= MAX_MANIFEST,
+        "{key} on {} is {} bytes, more than any manifest ({MAX_MANIFEST}): refusing it",
+        dest.name(),
+        bytes.len()
+    );
+    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("parsing {key}: {e}"))
+}
+
+/// Stream `key` from `dest` through decryption with the secret key in
+/// `secret_key` into `out`, and check the object and the plaintext against
+/// `want`. `progress` counts the downloaded bytes. The decrypting side always
+/// reads the download to its end, so a damaged object is named as such
+/// (its checksum) rather than as a decryption error.
+pub async fn fetch_decrypt(
+    dest: &dyn Destination,
+    key: &str,
+    secret_key: &Path,
+    out: std::fs::File,
+    want: &Expected,
+    progress: &std::sync::Arc<Progress>,
+) -> Result<Fetched, FetchError> {
+    let t = Instant::now();
+    let (rx, tx) = pipe().map_err(|e| FetchError::Download {
+        key: key.to_owned(),
+        source: e.context("creating the download pipe"),
+    })?;
+    let fetch = async {
+        let r = dest.fetch(key, tx).await;
+        (r, t.elapsed())
+    };
+    let ((fetched, download), decrypted) =
+        tokio::join!(fetch, decrypt_stream(secret_key, rx, out, progress.clone()));
+    let (size, sha256) = fetched.map_err(|source| FetchError::Download {
+        key: key.to_owned(),
+        source,
+    })?;
+    if size != want.size || sha256 != want.sha256 {
+        return Err(FetchError::ObjectMismatch {
+            key: key.to_owned(),
+            size,
+            sha256,
+            want_size: want.size,
+            want_sha256: want.sha256.clone(),
+        });
+    }
+    let (n, psha) = decrypted.map_err(|source| FetchError::Decrypt {
+        key: key.to_owned(),
+        source,
+    })?;
+    if n != want.plaintext_size || psha != want.plaintext_sha256 {
+        return Err(FetchError::PlaintextMismatch {
+            key: key.to_owned(),
+            size: n,
+            sha256: psha,
+            want_size: want.plaintext_size,
+            want_sha256: want.plaintext_sha256.clone(),
+        });
+    }
+    Ok(Fetched {
+        download,
+        decrypt: t.elapsed().saturating_sub(download),
+    })
+}
+
+/// A pipe whose ends are plain files (read end, write end), 1 MiB deep when
+/// the kernel allows it. Close-on-exec: a child started meanwhile (initdb,
+/// the postmaster) must not inherit the write end, or the reader never sees
+/// the end of the download.
+fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    Ok((std::fs::File::from(r), std::fs::File::from(w)))
+}
+
+/// Decrypt the message arriving on `input` into `out`; (plaintext size,
+/// plaintext SHA-256). Reads `input` to its end whatever happens, so the
+/// writer always finishes.
+async fn decrypt_stream(
+    key: &Path,
+    input: std::fs::File,
+    out: std::fs::File,
+    progress: std::sync::Arc<Progress>,
+) -> anyhow::Result<(u64, String)> {
+    let key = key.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        struct HashW<W> {
+            w: W,
+            h: sha2::Sha256,
+        }
+        impl<W: std::io::Write> std::io::Write for HashW<W> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let n = self.w.write(b)?;
+                self.h.update(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.w.flush()
+            }
+        }
+        let mut input = std::io::BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: input,
+                progress: &progress,
+            },
+        );
+        let r = (|| {
+            let mut w = HashW {
+                w: std::io::BufWriter::with_capacity(1 << 20, out),
+                h: sha2::Sha256::new(),
+            };
+            let n = crate::crypto::decrypt(&key, &mut input, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            Ok((n, hex::encode(w.h.finalize())))
+        })();
+        let _ = std::io::copy(&mut input, &mut std::io::sink());
+        r
+    })
+    .await?
+}
+
+/// Differences between the manifest's row counts and the restored ones.
+pub fn count_differences(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, n) in want {
+        match got.get(t) {
+            Some(g) if g == n => {}
+            Some(g) => out.push(format!("{t}: restored {g}, manifest {n}")),
+            None => out.push(format!("{t}: missing after restore (manifest {n})")),
+        }
+    }
+    for t in got.keys().filter(|t| !want.contains_key(*t)) {
+        out.push(format!("{t}: present after restore, not in the manifest"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_count_differences_are_named() {
+        let m = |v: &[(&str, i64)]| {
+            v.iter()
+                .map(|(k, n)| ((*k).to_owned(), *n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(count_differences(&m(&[("a", 1)]), &m(&[("a", 1)])).is_empty());
+        assert_eq!(
+            count_differences(&m(&[("a", 1)]), &m(&[("a", 2)])),
+            vec!["a: restored 2, manifest 1"]
+        );
+        assert_eq!(
+            count_differences(&m(&[("a", 1)]), &m(&[])),
+            vec!["a: missing after restore (manifest 1)"]
+        );
+        assert_eq!(
+            count_differences(&m(&[]), &m(&[("b", 0)])),
+            vec!["b: present after restore, not in the manifest"]
+        );
+    }
+}
