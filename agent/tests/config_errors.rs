@@ -262,3 +262,74 @@ fn the_shipped_agent_toml_uses_only_real_keys() {
         );
     }
 }
+
+/// `check-config` of `body` with these drop-ins (name, text).
+fn check_with(s: &Scratch, body: &str, dropins: &[(&str, &str)]) -> (i32, String) {
+    std::fs::create_dir_all(s.path("agent.d")).unwrap();
+    for (name, text) in dropins {
+        std::fs::write(s.path(&format!("agent.d/{name}")), text).unwrap();
+    }
+    check(s, body)
+}
+
+fn assert_has_all<S: AsRef<str>>(out: &str, wants: &[S]) {
+    for w in wants {
+        assert!(
+            out.contains(w.as_ref()),
+            "expected {:?} in:\n{out}",
+            w.as_ref()
+        );
+    }
+}
+
+#[test]
+fn a_password_on_a_broken_line_is_never_echoed() {
+    let s = Scratch::new();
+    let (code, out) = check_with(
+        &s,
+        "",
+        &[
+            // The quote left open: the TOML error is at the end of the line.
+            (
+                "10-open.toml",
+                "[backup]\nconnection = \"host=/x password=Hunter2Secret\n",
+            ),
+            // A type error quotes the value it refuses.
+            (
+                "20-type.toml",
+                "[backup]\nretention_days = \"password=Hunter2Secret\"\n",
+            ),
+            // An unknown key named like a secret.
+            (
+                "30-unknown.toml",
+                "[backup]\npassword = \"Hunter2Secret\"\n",
+            ),
+            // An unterminated multi-line string: the password is on a continuation line.
+            (
+                "40-multiline.toml",
+                "[backup]\nconnection = \"\"\"host=/x\nHunter2Secret",
+            ),
+            // URL credentials, then junk after the value.
+            (
+                "50-url.toml",
+                "[backup]\nconnection = \"postgresql://u:Hunter2Secret@h/db\" sslmode\n",
+            ),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert_has_all(
+        &out,
+        &[
+            "5 configuration problems",
+            "agent.d/10-open.toml:2:",
+            "invalid basic string",
+            "agent.d/20-type.toml:2:18: invalid type: string \"<redacted>\", expected u32",
+            "agent.d/30-unknown.toml:2:1: unknown field `password`",
+            "agent.d/40-multiline.toml:3:",
+            "agent.d/50-url.toml:2:",
+            "| connection = <redacted>",
+            "| password = <redacted>",
+        ],
+    );
+    assert!(!out.contains("Hunter2"), "a password leaked:\n{out}");
+}

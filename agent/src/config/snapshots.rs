@@ -77,7 +77,14 @@ impl Rules for RawSnapshots {
             }
         }
         if let Some(t) = &self.api_token_id {
-            if !t.get_ref().contains('!') || !t.get_ref().contains('@') {
+            if t.get_ref().contains('=') {
+                // `user@realm!name=SECRET` is how Proxmox shows a new token.
+                c.err(
+                    t.span(),
+                    "api_token_id holds the token's secret (the part after '=')",
+                    "keep only user@realm!tokenname here and put the secret in api_token_secret_file (mode 0600)",
+                );
+            } else if !t.get_ref().contains('!') || !t.get_ref().contains('@') {
                 c.err(
                     t.span(),
                     format!(
