@@ -282,6 +282,16 @@ fn assert_has_all<S: AsRef<str>>(out: &str, wants: &[S]) {
     }
 }
 
+/// `[backup]` that is valid but for `connection` (local destination, a public key).
+fn backup_section(s: &Scratch, connection: &str) -> String {
+    let key = s.secret("keys/pub.asc", "not checked here");
+    format!(
+        "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"/srv/x\"\n\n\
+         [backup]\ndestinations = [\"local\"]\nencrypt_to = [\"{}\"]\nconnection = {connection}\n",
+        key.display()
+    )
+}
+
 #[test]
 fn a_password_on_a_broken_line_is_never_echoed() {
     let s = Scratch::new();
@@ -332,4 +342,66 @@ fn a_password_on_a_broken_line_is_never_echoed() {
         ],
     );
     assert!(!out.contains("Hunter2"), "a password leaked:\n{out}");
+}
+
+#[test]
+fn a_password_in_connection_is_refused_without_echoing_it() {
+    let s = Scratch::new();
+    let body = backup_section(
+        &s,
+        "\"host=/var/run/postgresql user=postgres password=Hunter2Secret\"",
+    );
+    let (code, out) = check_with(
+        &s,
+        &body,
+        &[(
+            "50-url.toml",
+            "[backup]\nconnection = \"postgresql://postgres:Hunter2Secret@db.internal/app\"\n",
+        )],
+    );
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "connection =");
+    assert_has_all(
+        &out,
+        &[
+            format!("agent.toml:{l}:14: `connection` holds a password"),
+            "agent.d/50-url.toml:2:14: `connection` holds a password".to_owned(),
+            "~/.pgpass".to_owned(),
+            "PGPASSFILE".to_owned(),
+            "peer or cert authentication".to_owned(),
+        ],
+    );
+    assert!(!out.contains("Hunter2"), "the password leaked:\n{out}");
+}
+
+#[test]
+fn unknown_conninfo_keywords_and_bad_sslmodes_are_config_errors() {
+    let s = Scratch::new();
+    let body = backup_section(&s, "\"host=/var/run/postgresql sslmode=bogus\"");
+    let (code, out) = check_with(
+        &s,
+        &body,
+        &[(
+            "50-typo.toml",
+            "[backup]\nconnection = \"host=/var/run/postgresql sslmod=require\"\n",
+        )],
+    );
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "connection =");
+    assert_has_all(
+        &out,
+        &[
+            format!("agent.toml:{l}:14: `connection`: the value of `sslmode` is not an sslmode libpq knows"),
+            "disable, allow, prefer, require, verify-ca, verify-full".to_owned(),
+            "agent.d/50-typo.toml:2:14: `connection` is not a usable libpq connection string: unknown option `sslmod`".to_owned(),
+        ],
+    );
+    // A good one passes.
+    std::fs::remove_file(s.path("agent.d/50-typo.toml")).unwrap();
+    let body = backup_section(
+        &s,
+        "\"host=/var/run/postgresql user=postgres sslmode=disable\"",
+    );
+    let (code, out) = check(&s, &body);
+    assert_eq!(code, 0, "{out}");
 }

@@ -384,6 +384,11 @@ async fn a_refused_reload_never_carries_a_password() {
             format!("\n[backup]\nconnection = \"host=/x password={secret}\n"),
             "invalid basic string",
         ),
+        // Valid TOML: the password itself is the problem.
+        (
+            format!("\n[backup]\nconnection = \"host=/x password={secret}\"\n"),
+            "`connection` holds a password",
+        ),
     ] {
         std::fs::write(&a.config, format!("{good}{broken}")).unwrap();
         let r = http
@@ -420,6 +425,6 @@ async fn a_refused_reload_never_carries_a_password() {
         .into_iter()
         .filter(|r| r["action"] == "config.reload" && r["detail"]["accepted"] == false)
         .count();
-    assert_eq!(refused, 2, "{audit}");
+    assert_eq!(refused, 4, "{audit}");
     assert!(!audit.contains(secret), "the audit log leaked it:\n{audit}");
 }

@@ -44,8 +44,23 @@ fragment! {
     }
 }
 
+/// The sslmode values libpq knows.
+const SSLMODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 impl Rules for RawBackup {
     fn rules(&self, c: &mut Check) {
+        if let Some(conn) = &self.connection {
+            if let Some((msg, hint)) = connection_problem(conn.get_ref()) {
+                c.err(conn.span(), msg, hint);
+            }
+        }
         if let Some(keys) = &self.encrypt_to {
             if c.other_files {
                 for k in keys.get_ref().iter().filter(|k| k.is_absolute()) {
@@ -107,5 +122,132 @@ impl Rules for RawBackup {
                 );
             }
         }
+    }
+}
+
+/// What is wrong with a libpq conninfo, judged by the parser the backup job
+/// itself uses ([`crate::pg::ConnInfo::parse`]), so `check-config` accepts
+/// exactly what the job can use. The message never quotes the value.
+fn connection_problem(conninfo: &str) -> Option<(String, String)> {
+    const KEYWORDS: &str = "host, hostaddr, port, user, dbname, sslmode, application_name, options, connect_timeout, keepalives, target_session_attrs";
+    let pairs = conninfo_pairs(conninfo);
+    if let Some((_, mode)) = pairs.iter().find(|(k, _)| *k == "sslmode") {
+        if !SSLMODES.contains(&mode.as_str()) {
+            return Some((
+                "`connection`: the value of `sslmode` is not an sslmode libpq knows".into(),
+                format!("use sslmode={}", SSLMODES.join(", ")),
+            ));
+        }
+    }
+    let has_password = pairs.iter().any(|(k, _)| *k == "password");
+    let parsed = crate::pg::ConnInfo::parse(conninfo);
+    let has_password = has_password
+        || parsed.as_ref().is_ok_and(|c| {
+            c.libpq_env(None)
+                .iter()
+                .any(|(var, _)| *var == "PGPASSWORD")
+        });
+    if has_password {
+        return Some((
+            "`connection` holds a password: it would sit in the configuration in clear, readable by whoever can read the file".into(),
+            "remove the password from `connection` and put it in the agent user's ~/.pgpass (mode 0600; or the file PGPASSFILE names), or use peer or cert authentication".into(),
+        ));
+    }
+    match parsed {
+        Ok(_) => None,
+        Err(e) => {
+            // tokio-postgres names the keyword or the option, never the value.
+            let why = format!("{e:#}");
+            let why = why.rsplit(": ").next().unwrap_or(&why).to_owned();
+            let hint = if why.contains("`sslmode`") {
+                "the agent's PostgreSQL client knows sslmode=disable, prefer and require".to_owned()
+            } else {
+                format!("a libpq conninfo of keyword=value pairs; the agent knows: {KEYWORDS}")
+            };
+            Some((
+                format!("`connection` is not a usable libpq connection string: {why}"),
+                hint,
+            ))
+        }
+    }
+}
+
+/// The `keyword=value` pairs of a conninfo string, as far as they can be
+/// read (libpq syntax: blanks around `=`, values bare or 'single-quoted'
+/// with backslash escapes). A URL yields none.
+fn conninfo_pairs(s: &str) -> Vec<(&str, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim_start();
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim();
+        if key.is_empty() || key.contains(char::is_whitespace) || key.contains("://") {
+            break;
+        }
+        let mut value = String::new();
+        let mut chars = rest[eq + 1..].trim_start().char_indices().peekable();
+        let base = rest.len() - rest[eq + 1..].trim_start().len();
+        let quoted = chars.peek().is_some_and(|(_, c)| *c == '\'');
+        if quoted {
+            chars.next();
+        }
+        let mut end = rest.len();
+        while let Some((i, ch)) = chars.next() {
+            match ch {
+                '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                '\'' if quoted => {
+                    end = base + i + 1;
+                    break;
+                }
+                c if c.is_whitespace() && !quoted => {
+                    end = base + i;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+        rest = rest[end..].trim_start();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_pairs_follow_libpq_quoting() {
+        assert_eq!(
+            conninfo_pairs("host=/x  user = 'a b\\'c' sslmode=require"),
+            vec![
+                ("host", "/x".to_owned()),
+                ("user", "a b'c".to_owned()),
+                ("sslmode", "require".to_owned())
+            ]
+        );
+        assert!(conninfo_pairs("postgresql://u:p@h/db?sslmode=x").is_empty());
+    }
+
+    #[test]
+    fn connection_problems_name_the_keyword_and_never_the_value() {
+        for (conninfo, want) in [
+            ("host=/x password=Hunter2Secret", "holds a password"),
+            ("host=/x password = 'Hunter2 Secret'", "holds a password"),
+            ("postgresql://u:Hunter2Secret@h/db", "holds a password"),
+            ("host=/x sslmode=Hunter2Secret", "`sslmode`"),
+            ("host=/x sslmod=require", "unknown option `sslmod`"),
+            ("host=/x sslmode=verify-full", "`sslmode`"),
+        ] {
+            let (msg, hint) = connection_problem(conninfo).expect(conninfo);
+            assert!(msg.contains(want), "{conninfo}: {msg}");
+            assert!(
+                !msg.contains("Hunter2") && !hint.contains("Hunter2"),
+                "{msg} {hint}"
+            );
+        }
+        assert_eq!(
+            connection_problem("host=/var/run/postgresql user=postgres sslmode=disable"),
+            None
+        );
     }
 }
