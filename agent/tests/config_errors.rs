@@ -405,3 +405,42 @@ fn unknown_conninfo_keywords_and_bad_sslmodes_are_config_errors() {
     let (code, out) = check(&s, &body);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_secret_file_of_another_user_is_refused_naming_owner_and_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a file to another user");
+        return;
+    }
+    let s = Scratch::new();
+    let secret = s.secret("secrets/pve-token", "s3cr3t-token-value");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&secret, Some(nobody.uid), None).unwrap();
+    let body = format!(
+        "[snapshots]\napi_token_id = \"a@pve!b\"\napi_token_secret_file = \"{}\"\n",
+        secret.display()
+    );
+    let (code, out) = check(&s, &body);
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "api_token_secret_file");
+    assert!(
+        out.contains(&format!(
+            "agent.toml:{l}:25: `api_token_secret_file`: secret file {} belongs to nobody (uid {}), not to root, the user the agent runs as",
+            secret.display(),
+            nobody.uid
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("hint: chown root {}", secret.display())),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t-token-value"), "{out}");
+
+    // Run as root with a state_dir of that user, the agent acts as that
+    // user (as the LUKS helper serves it): its files are accepted.
+    std::fs::create_dir_all(s.path("state")).unwrap();
+    nix::unistd::chown(&s.path("state"), Some(nobody.uid), None).unwrap();
+    let (code, out) = check(&s, &body);
+    assert_eq!(code, 0, "{out}");
+}

@@ -52,7 +52,9 @@ impl Rules for RawAudit {
 impl AuditConfig {
     /// Why `signing_key_file` is unusable as a secret (absent, group/other
     /// access, not a file), if it is: (message, how to fix). Never reads it.
+    /// Its owner was checked when the configuration was loaded, which every
+    /// caller did first (as whichever user; the key it creates is its own).
     pub fn signing_key_problem(&self) -> Option<(String, String)> {
-        secret_file_problem(&self.signing_key_file, false)
+        secret_file_problem(&self.signing_key_file, false, None)
     }
 }

@@ -34,6 +34,7 @@ pub use luks::{LuksConfig, LuksPolicy, LuksVolume};
 pub use problem::{Problem, Problems, Source};
 pub use snapshots::SnapshotConfig;
 
+use common::Owners;
 use problem::Check;
 use schema::{fragment, Ctx, Merge, Rules};
 use std::path::{Path, PathBuf};
@@ -213,6 +214,14 @@ fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
             }
         })
         .collect();
+    // Who may own secret files depends on the state_dir in force.
+    let state_dir = parsed
+        .iter()
+        .rev()
+        .filter_map(|p| p.as_ref().ok())
+        .find_map(|(_, raw)| raw.state_dir.as_ref())
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |s| s.get_ref().clone());
+    let owners = Owners::for_state_dir(&state_dir);
     let mut problems = Vec::new();
     let mut merged = RawConfig::default();
     for p in parsed {
@@ -223,6 +232,7 @@ fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
                     src: &src,
                     problems: &mut problems,
                     other_files,
+                    owners,
                 });
                 merged.merge(raw);
             }

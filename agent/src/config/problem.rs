@@ -141,6 +141,8 @@ pub struct Check<'a> {
     /// without `CAP_DAC_OVERRIDE`, so it cannot (and need not) reach the
     /// agent's 0700 key directory; it checks only the files it uses.
     pub other_files: bool,
+    /// Who may own a secret file.
+    pub owners: super::common::Owners,
 }
 
 impl Check<'_> {
@@ -599,6 +601,7 @@ mod tests {
             src: &src,
             problems: &mut problems,
             other_files: false,
+            owners: super::super::common::Owners { agent: 0 },
         };
         c.err(
             26..44,
