@@ -131,17 +131,8 @@ impl Rules for RawBackup {
 fn connection_problem(conninfo: &str) -> Option<(String, String)> {
     const KEYWORDS: &str = "host, hostaddr, port, user, dbname, sslmode, application_name, options, connect_timeout, keepalives, target_session_attrs";
     let pairs = conninfo_pairs(conninfo);
-    if let Some((_, mode)) = pairs.iter().find(|(k, _)| *k == "sslmode") {
-        if !SSLMODES.contains(&mode.as_str()) {
-            return Some((
-                "`connection`: the value of `sslmode` is not an sslmode libpq knows".into(),
-                format!("use sslmode={}", SSLMODES.join(", ")),
-            ));
-        }
-    }
-    let has_password = pairs.iter().any(|(k, _)| *k == "password");
     let parsed = crate::pg::ConnInfo::parse(conninfo);
-    let has_password = has_password
+    let has_password = pairs.iter().any(|(k, _)| *k == "password")
         || parsed.as_ref().is_ok_and(|c| {
             c.libpq_env(None)
                 .iter()
@@ -153,22 +144,32 @@ fn connection_problem(conninfo: &str) -> Option<(String, String)> {
             "remove the password from `connection` and put it in the agent user's ~/.pgpass (mode 0600; or the file PGPASSFILE names), or use peer or cert authentication".into(),
         ));
     }
+    if let Some((_, mode)) = pairs.iter().find(|(k, _)| *k == "sslmode") {
+        if !SSLMODES.contains(&mode.as_str()) {
+            return Some((
+                "`connection`: the value of `sslmode` is not an sslmode libpq knows".into(),
+                format!("use sslmode={}", SSLMODES.join(", ")),
+            ));
+        }
+        // The job's connections are plain (pg::ConnInfo::connect uses NoTls):
+        // a mode that insists on TLS fails every run; `allow` is unknown to it.
+        if !matches!(mode.as_str(), "disable" | "prefer") {
+            return Some((
+                "`connection`: the agent's PostgreSQL client cannot meet this `sslmode` (it does not speak TLS)".into(),
+                "use sslmode=disable or prefer, over the Unix socket or a trusted network".into(),
+            ));
+        }
+    }
     match parsed {
         Ok(_) => None,
-        Err(e) => {
-            // tokio-postgres names the keyword or the option, never the value.
-            let why = format!("{e:#}");
-            let why = why.rsplit(": ").next().unwrap_or(&why).to_owned();
-            let hint = if why.contains("`sslmode`") {
-                "the agent's PostgreSQL client knows sslmode=disable, prefer and require".to_owned()
-            } else {
-                format!("a libpq conninfo of keyword=value pairs; the agent knows: {KEYWORDS}")
-            };
-            Some((
-                format!("`connection` is not a usable libpq connection string: {why}"),
-                hint,
-            ))
-        }
+        // tokio-postgres names the keyword or the option, never the value.
+        Err(e) => Some((
+            format!(
+                "`connection` is not a usable libpq connection string: {}",
+                e.root_cause()
+            ),
+            format!("a libpq conninfo of keyword=value pairs; the agent knows: {KEYWORDS}"),
+        )),
     }
 }
 
@@ -236,7 +237,12 @@ mod tests {
             ("postgresql://u:Hunter2Secret@h/db", "holds a password"),
             ("host=/x sslmode=Hunter2Secret", "`sslmode`"),
             ("host=/x sslmod=require", "unknown option `sslmod`"),
-            ("host=/x sslmode=verify-full", "`sslmode`"),
+            ("host=/x sslmode=verify-full", "cannot meet this `sslmode`"),
+            ("host=/x sslmode=require", "cannot meet this `sslmode`"),
+            (
+                "host=/x sslmode=bogus password=Hunter2Secret",
+                "holds a password",
+            ),
         ] {
             let (msg, hint) = connection_problem(conninfo).expect(conninfo);
             assert!(msg.contains(want), "{conninfo}: {msg}");
