@@ -262,3 +262,185 @@ fn the_shipped_agent_toml_uses_only_real_keys() {
         );
     }
 }
+
+/// `check-config` of `body` with these drop-ins (name, text).
+fn check_with(s: &Scratch, body: &str, dropins: &[(&str, &str)]) -> (i32, String) {
+    std::fs::create_dir_all(s.path("agent.d")).unwrap();
+    for (name, text) in dropins {
+        std::fs::write(s.path(&format!("agent.d/{name}")), text).unwrap();
+    }
+    check(s, body)
+}
+
+fn assert_has_all<S: AsRef<str>>(out: &str, wants: &[S]) {
+    for w in wants {
+        assert!(
+            out.contains(w.as_ref()),
+            "expected {:?} in:\n{out}",
+            w.as_ref()
+        );
+    }
+}
+
+/// `[backup]` that is valid but for `connection` (local destination, a public key).
+fn backup_section(s: &Scratch, connection: &str) -> String {
+    let key = s.secret("keys/pub.asc", "not checked here");
+    format!(
+        "[[destinations]]\nname = \"local\"\ntype = \"filesystem\"\npath = \"/srv/x\"\n\n\
+         [backup]\ndestinations = [\"local\"]\nencrypt_to = [\"{}\"]\nconnection = {connection}\n",
+        key.display()
+    )
+}
+
+#[test]
+fn a_password_on_a_broken_line_is_never_echoed() {
+    let s = Scratch::new();
+    let (code, out) = check_with(
+        &s,
+        "",
+        &[
+            // The quote left open: the TOML error is at the end of the line.
+            (
+                "10-open.toml",
+                "[backup]\nconnection = \"host=/x password=Hunter2Secret\n",
+            ),
+            // A type error quotes the value it refuses.
+            (
+                "20-type.toml",
+                "[backup]\nretention_days = \"password=Hunter2Secret\"\n",
+            ),
+            // An unknown key named like a secret.
+            (
+                "30-unknown.toml",
+                "[backup]\npassword = \"Hunter2Secret\"\n",
+            ),
+            // An unterminated multi-line string: the password is on a continuation line.
+            (
+                "40-multiline.toml",
+                "[backup]\nconnection = \"\"\"host=/x\nHunter2Secret",
+            ),
+            // URL credentials, then junk after the value.
+            (
+                "50-url.toml",
+                "[backup]\nconnection = \"postgresql://u:Hunter2Secret@h/db\" sslmode\n",
+            ),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert_has_all(
+        &out,
+        &[
+            "5 configuration problems",
+            "agent.d/10-open.toml:2:",
+            "invalid basic string",
+            "agent.d/20-type.toml:2:18: invalid type: string \"<redacted>\", expected u32",
+            "agent.d/30-unknown.toml:2:1: unknown field `password`",
+            "agent.d/40-multiline.toml:3:",
+            "agent.d/50-url.toml:2:",
+            "| connection = <redacted>",
+            "| password = <redacted>",
+        ],
+    );
+    assert!(!out.contains("Hunter2"), "a password leaked:\n{out}");
+}
+
+#[test]
+fn a_password_in_connection_is_refused_without_echoing_it() {
+    let s = Scratch::new();
+    let body = backup_section(
+        &s,
+        "\"host=/var/run/postgresql user=postgres password=Hunter2Secret\"",
+    );
+    let (code, out) = check_with(
+        &s,
+        &body,
+        &[(
+            "50-url.toml",
+            "[backup]\nconnection = \"postgresql://postgres:Hunter2Secret@db.internal/app\"\n",
+        )],
+    );
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "connection =");
+    assert_has_all(
+        &out,
+        &[
+            format!("agent.toml:{l}:14: `connection` holds a password"),
+            "agent.d/50-url.toml:2:14: `connection` holds a password".to_owned(),
+            "~/.pgpass".to_owned(),
+            "PGPASSFILE".to_owned(),
+            "peer or cert authentication".to_owned(),
+        ],
+    );
+    assert!(!out.contains("Hunter2"), "the password leaked:\n{out}");
+}
+
+#[test]
+fn unknown_conninfo_keywords_and_bad_sslmodes_are_config_errors() {
+    let s = Scratch::new();
+    let body = backup_section(&s, "\"host=/var/run/postgresql sslmode=bogus\"");
+    let (code, out) = check_with(
+        &s,
+        &body,
+        &[(
+            "50-typo.toml",
+            "[backup]\nconnection = \"host=/var/run/postgresql sslmod=require\"\n",
+        )],
+    );
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "connection =");
+    assert_has_all(
+        &out,
+        &[
+            format!("agent.toml:{l}:14: `connection`: the value of `sslmode` is not an sslmode libpq knows"),
+            "disable, allow, prefer, require, verify-ca, verify-full".to_owned(),
+            "agent.d/50-typo.toml:2:14: `connection` is not a usable libpq connection string: unknown option `sslmod`".to_owned(),
+        ],
+    );
+    // A good one passes.
+    std::fs::remove_file(s.path("agent.d/50-typo.toml")).unwrap();
+    let body = backup_section(
+        &s,
+        "\"host=/var/run/postgresql user=postgres sslmode=disable\"",
+    );
+    let (code, out) = check(&s, &body);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_secret_file_of_another_user_is_refused_naming_owner_and_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a file to another user");
+        return;
+    }
+    let s = Scratch::new();
+    let secret = s.secret("secrets/pve-token", "s3cr3t-token-value");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&secret, Some(nobody.uid), None).unwrap();
+    let body = format!(
+        "[snapshots]\napi_token_id = \"a@pve!b\"\napi_token_secret_file = \"{}\"\n",
+        secret.display()
+    );
+    let (code, out) = check(&s, &body);
+    assert_eq!(code, 2, "{out}");
+    let l = line_of(&s, "api_token_secret_file");
+    assert!(
+        out.contains(&format!(
+            "agent.toml:{l}:25: `api_token_secret_file`: secret file {} belongs to nobody (uid {}), not to root, the user the agent runs as",
+            secret.display(),
+            nobody.uid
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("hint: chown root {}", secret.display())),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t-token-value"), "{out}");
+
+    // Run as root with a state_dir of that user, the agent acts as that
+    // user (as the LUKS helper serves it): its files are accepted.
+    std::fs::create_dir_all(s.path("state")).unwrap();
+    nix::unistd::chown(&s.path("state"), Some(nobody.uid), None).unwrap();
+    let (code, out) = check(&s, &body);
+    assert_eq!(code, 0, "{out}");
+}

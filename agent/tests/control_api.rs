@@ -368,3 +368,63 @@ fn a_revoked_client_is_refused_in_the_handshake_when_a_crl_is_configured() {
     assert_eq!((code, status.as_str()), (0, "200"), "{err}");
     assert!(a.d.logs().contains("Revoked"), "{}", a.d.logs());
 }
+
+/// A refused reload's problems go to the API's 400 reply, the audit log (for
+/// ever: it is hash-chained) and the journal: a password in the refused file
+/// must reach none of them, whether the file is broken around it or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_never_carries_a_password() {
+    let a = agent("");
+    let http = client(&a.pki, &a.pki.operator);
+    let good = std::fs::read_to_string(&a.config).unwrap();
+    let secret = "Hunter2Secret";
+    for (broken, want) in [
+        // The quote left open: a TOML error on the line holding the password.
+        (
+            format!("\n[backup]\nconnection = \"host=/x password={secret}\n"),
+            "invalid basic string",
+        ),
+        // Valid TOML: the password itself is the problem.
+        (
+            format!("\n[backup]\nconnection = \"host=/x password={secret}\"\n"),
+            "`connection` holds a password",
+        ),
+    ] {
+        std::fs::write(&a.config, format!("{good}{broken}")).unwrap();
+        let r = http
+            .post(url(&a, "/v1/config/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body = r.text().await.unwrap();
+        assert!(body.contains(want), "{body}");
+        assert!(
+            body.contains("agent.toml:"),
+            "the problem is located: {body}"
+        );
+        assert!(body.contains("connection = <redacted>"), "{body}");
+        assert!(!body.contains(secret), "the 400 reply leaked it: {body}");
+
+        // SIGHUP: the same refusal, logged to the journal.
+        let before = a.d.logs().matches("reload refused").count();
+        nix::sys::signal::kill(a.d.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while a.d.logs().matches("reload refused").count() == before {
+            assert!(std::time::Instant::now() < deadline, "{}", a.d.logs());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    std::fs::write(&a.config, good).unwrap();
+
+    let logs = a.d.logs();
+    assert!(logs.contains("<redacted>"), "{logs}");
+    assert!(!logs.contains(secret), "the journal leaked it:\n{logs}");
+    let audit = std::fs::read_to_string(a.s.path("state/audit.jsonl")).unwrap();
+    let refused = audit_records(&a.s.path("state"))
+        .into_iter()
+        .filter(|r| r["action"] == "config.reload" && r["detail"]["accepted"] == false)
+        .count();
+    assert_eq!(refused, 4, "{audit}");
+    assert!(!audit.contains(secret), "the audit log leaked it:\n{audit}");
+}

@@ -1,72 +1,47 @@
 //! `[control_plane]`: the mTLS API and where events are pushed.
 
-use super::common::*;
-use super::problem::{Check, Problem};
-use serde::Deserialize;
+use super::common::{check_file_exists, check_secret};
+use super::problem::Check;
+use super::schema::{fragment, Opt, Rules};
 use std::path::PathBuf;
 
-/// `[control_plane]` as written in one file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawControlPlane {
-    listen: Opt<String>,
-    report_url: Opt<String>,
-    ca_file: Opt<PathBuf>,
-    crl_file: Opt<PathBuf>,
-    cert_file: Opt<PathBuf>,
-    key_file: Opt<PathBuf>,
-    allowed_clients: Opt<Vec<String>>,
-    max_connections: Opt<u32>,
-    heartbeat_seconds: Opt<u64>,
-    outbox_max_events: Opt<u64>,
-    requests_per_second: Opt<u32>,
-    header_timeout_seconds: Opt<u64>,
-    retry_max_seconds: Opt<u64>,
+fragment! {
+    /// `[control_plane]` as written in one file.
+    raw RawControlPlane;
+    /// Validated `[control_plane]`.
+    #[derive(Debug, Clone)]
+    pub struct ControlPlaneConfig {
+        /// Address the API listens on.
+        listen: std::net::SocketAddr = ("0.0.0.0:7443"),
+        /// Base URL events are pushed to; None = events stay in the outbox.
+        report_url: String = optional,
+        /// CA that client certificates (and the control plane's server cert) chain to.
+        ca_file: PathBuf = required,
+        /// Optional CRL (PEM) for client certificates.
+        crl_file: PathBuf = optional,
+        /// The agent's certificate chain (server and client).
+        cert_file: PathBuf = required,
+        /// The agent's private key (a secret file).
+        key_file: PathBuf = required,
+        /// DNS or URI SANs accepted from clients.
+        allowed_clients: Vec<String> = required,
+        /// Concurrent connections accepted.
+        max_connections: u32 = (256),
+        /// Heartbeat event interval.
+        heartbeat_seconds: u64 = (60),
+        /// Outbox bound; the oldest heartbeats go first, never a page.
+        outbox_max_events: u64 = (100_000),
+        /// Sustained API requests per second per client identity (burst: twice that).
+        requests_per_second: u32 = (20),
+        /// Longest a client may take to send its TLS handshake, request headers or body.
+        header_timeout_seconds: u64 = (10),
+        /// Ceiling of the exponential backoff between event delivery attempts.
+        retry_max_seconds: u64 = (300),
+    }
 }
 
-/// Validated `[control_plane]`.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneConfig {
-    /// Address the API listens on.
-    pub listen: std::net::SocketAddr,
-    /// Base URL events are pushed to; None = events stay in the outbox.
-    pub report_url: Option<String>,
-    /// CA that client certificates (and the control plane's server cert) chain to.
-    pub ca_file: PathBuf,
-    /// Optional CRL (PEM) for client certificates.
-    pub crl_file: Option<PathBuf>,
-    /// The agent's certificate chain (server and client).
-    pub cert_file: PathBuf,
-    /// The agent's private key (a secret file).
-    pub key_file: PathBuf,
-    /// DNS or URI SANs accepted from clients.
-    pub allowed_clients: Vec<String>,
-    /// Concurrent connections accepted.
-    pub max_connections: u32,
-    /// Heartbeat event interval.
-    pub heartbeat_seconds: u64,
-    /// Outbox bound; the oldest heartbeats go first, never a page.
-    pub outbox_max_events: u64,
-    /// Sustained API requests per second per client identity (burst: twice that).
-    pub requests_per_second: u32,
-    /// Longest a client may take to send its TLS handshake, request headers or body.
-    pub header_timeout_seconds: u64,
-    /// Ceiling of the exponential backoff between event delivery attempts.
-    pub retry_max_seconds: u64,
-}
-
-impl RawControlPlane {
-    /// Per-value checks against this file.
-    pub fn check(&self, c: &mut Check) {
-        if let Some(l) = &self.listen {
-            if l.get_ref().parse::<std::net::SocketAddr>().is_err() {
-                c.err(
-                    l.span(),
-                    format!("listen {:?} is not an address:port", l.get_ref()),
-                    "e.g. listen = \"0.0.0.0:7443\"",
-                );
-            }
-        }
+impl Rules for RawControlPlane {
+    fn rules(&self, c: &mut Check) {
         check_file_exists(c, "ca_file", &self.ca_file);
         check_file_exists(c, "crl_file", &self.crl_file);
         check_file_exists(c, "cert_file", &self.cert_file);
@@ -91,70 +66,35 @@ impl RawControlPlane {
         }
         let num = |v: &Opt<u64>| v.as_ref().map(|s| (s.span(), *s.get_ref()));
         let num32 = |v: &Opt<u32>| v.as_ref().map(|s| (s.span(), u64::from(*s.get_ref())));
-        Self::check_min(c, "max_connections", num32(&self.max_connections), 4);
-        Self::check_min(c, "heartbeat_seconds", num(&self.heartbeat_seconds), 1);
+        check_min(c, "max_connections", num32(&self.max_connections), 4);
+        check_min(c, "heartbeat_seconds", num(&self.heartbeat_seconds), 1);
         // A bound below this could not hold the pages of one bad day.
-        Self::check_min(c, "outbox_max_events", num(&self.outbox_max_events), 10);
-        Self::check_min(
+        check_min(c, "outbox_max_events", num(&self.outbox_max_events), 10);
+        check_min(
             c,
             "requests_per_second",
             num32(&self.requests_per_second),
             1,
         );
-        Self::check_min(
+        check_min(
             c,
             "header_timeout_seconds",
             num(&self.header_timeout_seconds),
             1,
         );
-        Self::check_min(c, "retry_max_seconds", num(&self.retry_max_seconds), 1);
+        check_min(c, "retry_max_seconds", num(&self.retry_max_seconds), 1);
     }
+}
 
-    fn check_min(c: &mut Check, key: &str, v: Option<(std::ops::Range<usize>, u64)>, min: u64) {
-        if let Some((span, n)) = v {
-            if n < min {
-                c.err(
-                    span,
-                    format!("`{key}` = {n} is too small"),
-                    format!("use at least {min}"),
-                );
-            }
+fn check_min(c: &mut Check, key: &str, v: Option<(std::ops::Range<usize>, u64)>, min: u64) {
+    if let Some((span, n)) = v {
+        if n < min {
+            c.err(
+                span,
+                format!("`{key}` = {n} is too small"),
+                format!("use at least {min}"),
+            );
         }
-    }
-
-    /// Merge a later fragment over this one.
-    pub fn merge(&mut self, o: RawControlPlane) {
-        merge_fields!(self, o; listen, report_url, ca_file, crl_file, cert_file, key_file, allowed_clients,
-            max_connections, heartbeat_seconds, outbox_max_events, requests_per_second,
-            header_timeout_seconds, retry_max_seconds);
-    }
-
-    /// Build the validated section.
-    pub fn build(self, problems: &mut Vec<Problem>) -> Option<ControlPlaneConfig> {
-        let ca = required(self.ca_file, "control_plane", "ca_file", problems);
-        let cert = required(self.cert_file, "control_plane", "cert_file", problems);
-        let key = required(self.key_file, "control_plane", "key_file", problems);
-        let allowed = required(
-            self.allowed_clients,
-            "control_plane",
-            "allowed_clients",
-            problems,
-        );
-        Some(ControlPlaneConfig {
-            listen: or(self.listen, "0.0.0.0:7443".into()).parse().ok()?,
-            report_url: self.report_url.map(toml::Spanned::into_inner),
-            ca_file: ca?,
-            crl_file: self.crl_file.map(toml::Spanned::into_inner),
-            cert_file: cert?,
-            key_file: key?,
-            allowed_clients: allowed?,
-            max_connections: or(self.max_connections, 256),
-            heartbeat_seconds: or(self.heartbeat_seconds, 60),
-            outbox_max_events: or(self.outbox_max_events, 100_000),
-            requests_per_second: or(self.requests_per_second, 20),
-            header_timeout_seconds: or(self.header_timeout_seconds, 10),
-            retry_max_seconds: or(self.retry_max_seconds, 300),
-        })
     }
 }
 

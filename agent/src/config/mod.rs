@@ -1,12 +1,15 @@
 //! Configuration: parsed once into typed, validated structs.
 //!
-//! Each file (`agent.toml`, then `agent.d/*.toml` in name order) is parsed on
-//! its own into a *raw fragment* with `deny_unknown_fields` and spanned values,
-//! so every type error, unknown key and bad value is reported with its file,
-//! line and column. Fragments then merge (later wins, key by key; named array
-//! entries such as `[[destinations]]` merge by `name`), and the merged result is
-//! built into [`Config`]. Nothing downstream re-validates. Loading never has
-//! side effects: startup, `check-config`, SIGHUP and the API reload all call
+//! Each key is written once, in its section's [`schema::fragment!`]
+//! declaration (type, default, doc line), which generates the *raw fragment*
+//! a file parses into (`deny_unknown_fields`, spanned values), its merge, its
+//! type check and the typed struct. Each file (`agent.toml`, then
+//! `agent.d/*.toml` in name order) is parsed and checked on its own, so every
+//! type error, unknown key and bad value is reported with its file, line and
+//! column. Fragments then merge (later wins, key by key; named array entries
+//! such as `[[destinations]]` merge by `name`), and the merged result is built
+//! into [`Config`]. Nothing downstream re-validates. Loading never has side
+//! effects: startup, `check-config`, SIGHUP and the API reload all call
 //! [`load`], and only swap in the result when it is `Ok`.
 
 mod audit;
@@ -17,7 +20,10 @@ mod destinations;
 mod drill;
 mod luks;
 mod problem;
+mod schema;
 mod snapshots;
+#[cfg(test)]
+mod tests;
 
 pub use audit::AuditConfig;
 pub use backup::BackupConfig;
@@ -28,15 +34,17 @@ pub use luks::{LuksConfig, LuksPolicy, LuksVolume};
 pub use problem::{Problem, Problems, Source};
 pub use snapshots::SnapshotConfig;
 
-use common::{check_abs, merge_fields, or, Opt};
+use common::Owners;
 use problem::Check;
-use serde::Deserialize;
+use schema::{fragment, Ctx, Merge, Rules};
 use std::path::{Path, PathBuf};
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/cloudnx-agent/agent.toml";
 /// Environment variable naming the configuration file.
 pub const ENV_VAR: &str = "CLOUDNX_AGENT_CONFIG";
+/// `state_dir` when the configuration does not name one.
+const DEFAULT_STATE_DIR: &str = "/var/lib/cloudnx-agent";
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -74,48 +82,46 @@ impl Config {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    host_id: Opt<String>,
-    state_dir: Opt<PathBuf>,
-    timezone: Opt<String>,
-    metrics: Option<RawMetrics>,
-    #[serde(default)]
-    destinations: Vec<destinations::RawDestination>,
-    backup: Option<backup::RawBackup>,
-    restore_drill: Option<drill::RawDrill>,
-    snapshots: Option<snapshots::RawSnapshots>,
-    luks: Option<luks::RawLuks>,
-    control_plane: Option<control_plane::RawControlPlane>,
-    audit: Option<audit::RawAudit>,
+fragment! {
+    /// One file as written: the top-level keys, every section, the destinations.
+    raw RawConfig;
+    /// The top-level keys.
+    #[derive(Debug)]
+    pub struct Top {
+        /// Names this host in metrics, backups, events and checkpoints.
+        host_id: String = {|c| c.host_name.clone()},
+        /// Locks, metrics state, outbox, spool.
+        state_dir: PathBuf = (DEFAULT_STATE_DIR),
+        /// Zone in which schedules are read.
+        timezone: chrono_tz::Tz = ("Asia/Kolkata"),
+    }
+    tables {
+        metrics: RawMetrics,
+        backup: backup::RawBackup,
+        restore_drill: drill::RawDrill,
+        snapshots: snapshots::RawSnapshots,
+        luks: luks::RawLuks,
+        control_plane: control_plane::RawControlPlane,
+        audit: audit::RawAudit,
+    }
+    arrays { destinations: destinations::RawDestination as "destinations", }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    textfile_dir: Opt<PathBuf>,
+fragment! {
+    /// `[metrics]` as written.
+    raw RawMetrics;
+    /// `[metrics]`.
+    #[derive(Debug)]
+    pub struct Metrics {
+        /// Directory of node_exporter's textfile collector.
+        textfile_dir: PathBuf = ("/var/lib/prometheus/node-exporter"),
+    }
 }
 
-/// Merge `Option<Section>` fragments: a later section merges over an earlier one.
-macro_rules! merge_sections {
-    ($into:expr, $from:expr; $($f:ident),*) => {
-        $( match (&mut $into.$f, $from.$f) {
-            (Some(a), Some(b)) => a.merge(b),
-            (a @ None, b) => *a = b,
-            (_, None) => {}
-        } )*
-    };
-}
+impl Rules for RawMetrics {}
 
-impl RawConfig {
-    fn check(&self, c: &mut Check) {
-        check_abs(c, "state_dir", &self.state_dir);
-        if let Some(tz) = &self.timezone {
-            if tz.get_ref().parse::<chrono_tz::Tz>().is_err() {
-                c.err(tz.span(), format!("unknown time zone {:?}", tz.get_ref()), "use an IANA zone name such as \"Asia/Kolkata\", \"Europe/Helsinki\" or \"UTC\"");
-            }
-        }
+impl Rules for RawConfig {
+    fn rules(&self, c: &mut Check) {
         if let Some(h) = &self.host_id {
             let ok = !h.get_ref().is_empty()
                 && h.get_ref()
@@ -132,33 +138,6 @@ impl RawConfig {
                 );
             }
         }
-        if let Some(m) = &self.metrics {
-            check_abs(c, "textfile_dir", &m.textfile_dir);
-        }
-        self.destinations.iter().for_each(|d| d.check(c));
-        self.backup.iter().for_each(|s| s.check(c));
-        self.restore_drill.iter().for_each(|s| s.check(c));
-        self.snapshots.iter().for_each(|s| s.check(c));
-        self.luks.iter().for_each(|s| s.check(c));
-        self.control_plane.iter().for_each(|s| s.check(c));
-        self.audit.iter().for_each(|s| s.check(c));
-    }
-
-    fn merge(&mut self, o: RawConfig) {
-        merge_fields!(self, o; host_id, state_dir, timezone);
-        if let Some(m) = o.metrics {
-            self.metrics = Some(m);
-        }
-        for d in o.destinations {
-            match d
-                .name()
-                .and_then(|n| self.destinations.iter().position(|x| x.name() == Some(n)))
-            {
-                Some(i) => self.destinations[i].merge(d),
-                None => self.destinations.push(d),
-            }
-        }
-        merge_sections!(self, o; backup, restore_drill, snapshots, luks, control_plane, audit);
     }
 }
 
@@ -209,40 +188,53 @@ pub fn load_for_luks_helper(path: &Path) -> Result<Config, Problems> {
 }
 
 fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
-    let mut problems = Vec::new();
     let files = files(path).map_err(|p| Problems(vec![p]))?;
-    let mut merged = RawConfig::default();
-    for f in &files {
-        let text = match std::fs::read_to_string(f) {
-            Ok(t) => t,
-            Err(e) => {
+    // Each file parsed on its own (a problem, or the fragment and its text).
+    let parsed: Vec<Result<(Source, RawConfig), Problem>> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).map_err(|e| {
                 let hint = if f == path {
                     format!("pass --config PATH or set {ENV_VAR}")
                 } else {
                     "fix or remove the drop-in".into()
                 };
-                problems.push(
-                    Problem::in_file(f, format!("cannot read configuration: {e}")).hint(hint),
-                );
-                continue;
+                Problem::in_file(f, format!("cannot read configuration: {e}")).hint(hint)
+            })?;
+            let src = Source {
+                path: f.clone(),
+                text,
+            };
+            match toml::from_str::<RawConfig>(&src.text) {
+                Ok(raw) => Ok((src, raw)),
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    Err(Problem::at(&src, span, e.message().trim().to_owned()).hint("see /usr/share/doc/cloudnx-agent/agent.toml for every key, its type and its default"))
+                }
             }
-        };
-        let src = Source {
-            path: f.clone(),
-            text,
-        };
-        match toml::from_str::<RawConfig>(&src.text) {
-            Ok(raw) => {
-                raw.check(&mut Check {
+        })
+        .collect();
+    // Who may own secret files depends on the state_dir in force.
+    let state_dir = parsed
+        .iter()
+        .rev()
+        .filter_map(|p| p.as_ref().ok())
+        .find_map(|(_, raw)| raw.state_dir.as_ref())
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |s| s.get_ref().clone());
+    let owners = Owners::for_state_dir(&state_dir);
+    let mut problems = Vec::new();
+    let mut merged = RawConfig::default();
+    for p in parsed {
+        match p {
+            Err(p) => problems.push(p),
+            Ok((src, raw)) => {
+                raw.check_all(&mut Check {
                     src: &src,
                     problems: &mut problems,
                     other_files,
+                    owners,
                 });
                 merged.merge(raw);
-            }
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                problems.push(Problem::at(&src, span, e.message().trim().to_owned()).hint("see /usr/share/doc/cloudnx-agent/agent.toml for every key, its type and its default"));
             }
         }
     }
@@ -264,28 +256,39 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn build(raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -> Option<Config> {
-    let host = host_name();
-    let host_id = or(raw.host_id, host.clone());
-    let state_dir = or(raw.state_dir, "/var/lib/cloudnx-agent".into());
-    let timezone = or(raw.timezone, "Asia/Kolkata".into()).parse().ok()?;
-    let textfile_dir = raw.metrics.and_then(|m| m.textfile_dir).map_or_else(
-        || "/var/lib/prometheus/node-exporter".into(),
-        toml::Spanned::into_inner,
-    );
-
-    let mut destinations: Vec<Destination> = Vec::new();
-    for d in raw.destinations {
-        if let Some(d) = d.build(&host_id, problems) {
-            destinations.push(d);
-        }
-    }
-    let backup = raw.backup.and_then(|b| b.build(problems));
-    let restore_drill = raw.restore_drill.and_then(|d| d.build(problems));
-    let snapshots = raw.snapshots.and_then(|s| s.build(&host, problems));
-    let luks = raw.luks.and_then(|l| l.build(&state_dir, problems));
-    let control_plane = raw.control_plane.and_then(|c| c.build(problems));
-    let audit = raw.audit.unwrap_or_default().build(&state_dir);
+fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -> Option<Config> {
+    let mut ctx = Ctx {
+        host_name: host_name(),
+        ..Ctx::default()
+    };
+    let top = Top::build(&mut raw, "top level", &ctx, problems)?;
+    ctx.host_id.clone_from(&top.host_id);
+    ctx.state_dir.clone_from(&top.state_dir);
+    let metrics = Metrics::build(
+        &mut raw.metrics.unwrap_or_default(),
+        "metrics",
+        &ctx,
+        problems,
+    )?;
+    let destinations: Vec<Destination> = raw
+        .destinations
+        .into_iter()
+        .filter_map(|d| destinations::build(d, &ctx, problems))
+        .collect();
+    let backup = raw
+        .backup
+        .and_then(|mut b| BackupConfig::build(&mut b, "backup", &ctx, problems));
+    let restore_drill = raw
+        .restore_drill
+        .and_then(|mut d| DrillConfig::build(&mut d, "restore_drill", &ctx, problems));
+    let snapshots = raw
+        .snapshots
+        .and_then(|s| snapshots::build(s, &ctx, problems));
+    let luks = raw.luks.and_then(|l| luks::build(l, &ctx, problems));
+    let control_plane = raw
+        .control_plane
+        .and_then(|mut c| ControlPlaneConfig::build(&mut c, "control_plane", &ctx, problems));
+    let audit = AuditConfig::build(&mut raw.audit.unwrap_or_default(), "audit", &ctx, problems)?;
 
     let known = |n: &str| destinations.iter().any(|d| d.name == n);
     let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
@@ -319,10 +322,10 @@ fn build(raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -> Op
         }
     }
     Some(Config {
-        host_id,
-        state_dir,
-        timezone,
-        textfile_dir,
+        host_id: top.host_id,
+        state_dir: top.state_dir,
+        timezone: top.timezone,
+        textfile_dir: metrics.textfile_dir,
         destinations,
         backup,
         restore_drill,

@@ -1,74 +1,54 @@
 //! `[snapshots]`: Proxmox VE guests to snapshot nightly and how long to keep them.
 
-use super::common::*;
+use super::common::{check_file_exists, check_secret};
 use super::problem::{Check, Problem};
+use super::schema::{fragment, Ctx, Rules};
 use crate::schedule::Schedule;
-use serde::Deserialize;
 use std::path::PathBuf;
 
-/// `[snapshots]` as written in one file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSnapshots {
-    schedule: Opt<String>,
-    api_url: Opt<String>,
-    api_token_id: Opt<String>,
-    api_token_secret_file: Opt<PathBuf>,
-    ca_file: Opt<PathBuf>,
-    node: Opt<String>,
-    include: Opt<Vec<u32>>,
-    exclude: Opt<Vec<u32>>,
-    vmstate: Opt<bool>,
-    retention_days: Opt<u32>,
-    keep_min: Opt<u32>,
-    concurrency: Opt<u32>,
-    name_prefix: Opt<String>,
-    create_timeout_seconds: Opt<u64>,
-    delete_timeout_seconds: Opt<u64>,
-    lock_retry_seconds: Opt<u64>,
+fragment! {
+    /// `[snapshots]` as written in one file.
+    raw RawSnapshots;
+    /// Validated `[snapshots]`.
+    #[derive(Debug, Clone)]
+    pub struct SnapshotConfig {
+        /// When the daemon runs the job.
+        schedule: Schedule = ("0 1 * * *"),
+        /// e.g. `https://127.0.0.1:8006/api2/json`.
+        api_url: String = ("https://127.0.0.1:8006/api2/json"),
+        /// `user@realm!tokenname`.
+        api_token_id: String = required,
+        /// File holding the token secret.
+        api_token_secret_file: PathBuf = required,
+        /// CA that signed the node's API certificate (pve-root-ca).
+        ca_file: PathBuf = ("/etc/pve/pve-root-ca.pem"),
+        /// Node name (default: host name).
+        node: String = {|c| c.host_name.clone()},
+        /// VMIDs to include; empty = every guest on the node.
+        include: Vec<u32> = (vec![]),
+        /// VMIDs never snapshotted.
+        exclude: Vec<u32> = (vec![]),
+        /// Include RAM state (default false: `vmstate=0`).
+        vmstate: bool = (false),
+        /// Our snapshots older than this are pruned.
+        retention_days: u32 = (7),
+        /// Newest N of our snapshots per guest always kept.
+        keep_min: u32 = (1),
+        /// Guests worked on at once.
+        concurrency: u32 = (2),
+        /// Snapshot name prefix (`{prefix}-YYYYMMDDhhmmss`).
+        name_prefix: String = ("cnx"),
+        /// Deadline for one create task.
+        create_timeout_seconds: u64 = (600),
+        /// Deadline for one delete task.
+        delete_timeout_seconds: u64 = (900),
+        /// How long, across the run, to retry guests that are locked.
+        lock_retry_seconds: u64 = (1800),
+    }
 }
 
-/// Validated `[snapshots]`.
-#[derive(Debug, Clone)]
-pub struct SnapshotConfig {
-    /// When the daemon runs the job.
-    pub schedule: Schedule,
-    /// e.g. `https://127.0.0.1:8006/api2/json`.
-    pub api_url: String,
-    /// `user@realm!tokenname`.
-    pub api_token_id: String,
-    /// File holding the token secret.
-    pub api_token_secret_file: PathBuf,
-    /// CA that signed the node's API certificate (pve-root-ca).
-    pub ca_file: PathBuf,
-    /// Node name (default: host name).
-    pub node: String,
-    /// VMIDs to include; empty = every guest on the node.
-    pub include: Vec<u32>,
-    /// VMIDs never snapshotted.
-    pub exclude: Vec<u32>,
-    /// Include RAM state (default false: `vmstate=0`).
-    pub vmstate: bool,
-    /// Our snapshots older than this are pruned.
-    pub retention_days: u32,
-    /// Newest N of our snapshots per guest always kept.
-    pub keep_min: u32,
-    /// Guests worked on at once.
-    pub concurrency: u32,
-    /// Snapshot name prefix (`{prefix}-YYYYMMDDhhmmss`).
-    pub name_prefix: String,
-    /// Deadline for one create task.
-    pub create_timeout_seconds: u64,
-    /// Deadline for one delete task.
-    pub delete_timeout_seconds: u64,
-    /// How long, across the run, to retry guests that are locked.
-    pub lock_retry_seconds: u64,
-}
-
-impl RawSnapshots {
-    /// Per-value checks against this file.
-    pub fn check(&self, c: &mut Check) {
-        check_cron(c, &self.schedule);
+impl Rules for RawSnapshots {
+    fn rules(&self, c: &mut Check) {
         check_secret(
             c,
             "api_token_secret_file",
@@ -97,7 +77,14 @@ impl RawSnapshots {
             }
         }
         if let Some(t) = &self.api_token_id {
-            if !t.get_ref().contains('!') || !t.get_ref().contains('@') {
+            if t.get_ref().contains('=') {
+                // `user@realm!name=SECRET` is how Proxmox shows a new token.
+                c.err(
+                    t.span(),
+                    "api_token_id holds the token's secret (the part after '=')",
+                    "keep only user@realm!tokenname here and put the secret in api_token_secret_file (mode 0600)",
+                );
+            } else if !t.get_ref().contains('!') || !t.get_ref().contains('@') {
                 c.err(
                     t.span(),
                     format!(
@@ -118,45 +105,17 @@ impl RawSnapshots {
             }
         }
     }
+}
 
-    /// Merge a later fragment over this one.
-    pub fn merge(&mut self, o: RawSnapshots) {
-        merge_fields!(self, o; schedule, api_url, api_token_id, api_token_secret_file, ca_file, node, include,
-            exclude, vmstate, retention_days, keep_min, concurrency, name_prefix, create_timeout_seconds,
-            delete_timeout_seconds, lock_retry_seconds);
+/// Build `[snapshots]`; an empty `node` means the host name too.
+pub(super) fn build(
+    mut raw: RawSnapshots,
+    ctx: &Ctx,
+    problems: &mut Vec<Problem>,
+) -> Option<SnapshotConfig> {
+    let mut s = SnapshotConfig::build(&mut raw, "snapshots", ctx, problems)?;
+    if s.node.is_empty() {
+        s.node.clone_from(&ctx.host_name);
     }
-
-    /// Build the validated section.
-    pub fn build(self, host_name: &str, problems: &mut Vec<Problem>) -> Option<SnapshotConfig> {
-        let schedule = Schedule::parse(&or(self.schedule, "0 1 * * *".into())).ok()?;
-        let token_id = required(self.api_token_id, "snapshots", "api_token_id", problems);
-        let secret = required(
-            self.api_token_secret_file,
-            "snapshots",
-            "api_token_secret_file",
-            problems,
-        );
-        Some(SnapshotConfig {
-            schedule,
-            api_url: or(self.api_url, "https://127.0.0.1:8006/api2/json".into()),
-            api_token_id: token_id?,
-            api_token_secret_file: secret?,
-            ca_file: or(self.ca_file, "/etc/pve/pve-root-ca.pem".into()),
-            node: self
-                .node
-                .map(toml::Spanned::into_inner)
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| host_name.to_owned()),
-            include: or(self.include, vec![]),
-            exclude: or(self.exclude, vec![]),
-            vmstate: or(self.vmstate, false),
-            retention_days: or(self.retention_days, 7),
-            keep_min: or(self.keep_min, 1),
-            concurrency: or(self.concurrency, 2),
-            name_prefix: or(self.name_prefix, "cnx".into()),
-            create_timeout_seconds: or(self.create_timeout_seconds, 600),
-            delete_timeout_seconds: or(self.delete_timeout_seconds, 900),
-            lock_retry_seconds: or(self.lock_retry_seconds, 1800),
-        })
-    }
+    Some(s)
 }

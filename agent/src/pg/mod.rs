@@ -32,8 +32,9 @@ impl std::fmt::Debug for ConnInfo {
 impl ConnInfo {
     /// Parse a libpq key=value conninfo (or a postgresql:// URL).
     pub fn parse(conninfo: &str) -> anyhow::Result<Self> {
-        let mut cfg = tokio_postgres::Config::from_str(conninfo)
-            .map_err(|e| anyhow::anyhow!("parsing the connection string: {e}"))?;
+        // Keep the cause: it names the keyword or option at fault (never a value).
+        let mut cfg =
+            tokio_postgres::Config::from_str(conninfo).context("parsing the connection string")?;
         if cfg.get_hosts().is_empty() {
             cfg.host_path("/var/run/postgresql");
         }
