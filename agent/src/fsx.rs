@@ -93,26 +93,85 @@ pub fn open_read(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).custom_flags(SAFE).open(path)
 }
 
-/// Why a secret file (key, token, credentials) is unacceptable, if it is:
-/// (message, hint). Never reads the content. A secret must be a regular file
-/// (not a symlink to one) with no group or other permission bits.
-pub fn secret_file_problem(path: &Path, may_be_absent: bool) -> Option<(String, String)> {
-    match std::fs::symlink_metadata(path) {
+/// The users a secret file may belong to: root, and the user the agent runs
+/// as — the effective user, or for a root run the owner of `state_dir`,
+/// since a root CLI run becomes that user (`cli::act_as_state_owner`) and
+/// the root LUKS helper serves it. So the daemon (`cloudnx-agent`), a root
+/// `check-config` and the helper accept the same files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owners {
+    /// The agent's user (0 when that is root).
+    pub agent: u32,
+}
+
+impl Owners {
+    /// The owners allowed when the configuration names `state_dir`.
+    pub fn for_state_dir(state_dir: &Path) -> Owners {
+        let euid = nix::unistd::geteuid().as_raw();
+        let agent = if euid == 0 {
+            std::fs::metadata(state_dir).map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
+        } else {
+            euid
+        };
+        Owners { agent }
+    }
+
+    /// Whether `uid` may own a secret.
+    pub fn allows(self, uid: u32) -> bool {
+        uid == 0 || uid == self.agent
+    }
+}
+
+/// `name (uid N)`, or `uid N` for a uid without a name.
+fn user(uid: u32) -> (String, String) {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    match name {
+        Some(n) => (format!("{n} (uid {uid})"), n),
+        None => (format!("uid {uid}"), uid.to_string()),
+    }
+}
+
+/// Why a secret file is unacceptable, if it is: (message, hint). Never reads
+/// the content. `owners`: who may own it (None: not checked).
+pub fn secret_file_problem(
+    path: &Path,
+    may_be_absent: bool,
+    owners: Option<Owners>,
+) -> Option<(String, String)> {
+    let p = path.display();
+    match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_absent => None,
         Err(e) => Some((
-            format!("secret file {} cannot be read: {e}", path.display()),
-            format!("create it readable by the agent only: install -m 0600 /dev/null {} and write the secret into it", path.display()),
+            format!("secret file {p} cannot be read: {e}"),
+            format!("create it readable by the agent only: install -m 0600 /dev/null {p} and write the secret into it"),
         )),
-        Ok(m) if m.file_type().is_symlink() => Some((
-            format!("secret {} is a symlink", path.display()),
-            "point the key at the file itself".into(),
+        Ok(m) if std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0 => Some((
+            format!("secret file {p} is accessible by group or other (mode {:04o})", std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777),
+            format!("chmod 0600 {p}"),
         )),
-        Ok(m) if !m.is_file() => Some((format!("secret {} is not a regular file", path.display()), "point the key at a file".into())),
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => Some((
-            format!("secret file {} is accessible by group or other (mode {:04o})", path.display(), m.permissions().mode() & 0o7777),
-            format!("chmod 0600 {}", path.display()),
-        )),
-        Ok(_) => None,
+        Ok(m) if !m.is_file() => Some((format!("secret {p} is not a regular file"), "point the key at a file".into())),
+        Ok(m) => match owners {
+            Some(o) if !o.allows(std::os::unix::fs::MetadataExt::uid(&m)) => {
+                let (owner, _) = user(std::os::unix::fs::MetadataExt::uid(&m));
+                let (agent, agent_name) = user(o.agent);
+                let (who, fix) = if o.agent == 0 {
+                    ("root, the user the agent runs as".to_owned(), format!("chown root {p}"))
+                } else {
+                    (
+                        format!("root or {agent}, the user the agent runs as"),
+                        format!("chown {agent_name} {p} (or chown root {p})"),
+                    )
+                };
+                Some((
+                    format!("secret file {p} belongs to {owner}, not to {who}: that user could read or replace it"),
+                    fix,
+                ))
+            }
+            _ => None,
+        },
     }
 }
 

@@ -76,14 +76,60 @@ fn read_tree(root: &Path) -> Sources {
 }
 
 /// The code without comments, string and char literals (a path in a doc
-/// comment or a message is not an import), and without the unit tests at the
-/// end of a file (`#[cfg(test)] mod tests { use super::*; … }` names the
-/// file's own module, and test code may reach anywhere).
+/// comment or a message is not an import), and without inline test modules
+/// (`#[cfg(test)] mod tests { use super::*; … }` names the file's own module,
+/// and test code may reach anywhere).
 fn code_only(src: &str) -> String {
-    let src = match src.find("#[cfg(test)]\nmod tests {") {
-        Some(i) => &src[..i],
-        None => src,
-    };
+    without_test_modules(&strip(src))
+}
+
+/// Remove every `#[cfg(test)] mod name { … }` block (braces matched).
+fn without_test_modules(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(i) = rest.find("#[cfg(test)]") {
+        let after = rest[i + "#[cfg(test)]".len()..].trim_start();
+        let inline_mod = after
+            .strip_prefix("mod ")
+            .and_then(|m| m.split_once(|c: char| c == '{' || c == ';'))
+            .is_some_and(|(name, _)| {
+                let name = name.trim();
+                !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && after["mod ".len() + name.len()..]
+                        .trim_start()
+                        .starts_with('{')
+            });
+        if !inline_mod {
+            out.push_str(&rest[..i + 1]);
+            rest = &rest[i + 1..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let open = i + rest[i..].find('{').unwrap_or(0);
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (k, c) in rest[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + k + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The code without comments, string and char literals.
+fn strip(src: &str) -> String {
     let b = src.as_bytes();
     let mut out = String::with_capacity(src.len());
     let mut i = 0;
@@ -477,6 +523,21 @@ fn a_leaf_reaching_up_to_the_configuration_and_a_cycle_between_two_files_are_cau
         v.iter().any(|m| m.contains("import cycle: fsx ⇄ metrics")),
         "{v:?}"
     );
+}
+
+#[test]
+fn test_modules_anywhere_in_a_file_are_left_out() {
+    let code = code_only("use crate::a::X;\n#[cfg(test)]\nmod samples {\n    use super::Y;\n    fn f() { if x { g() } }\n}\nuse crate::b::Z;\n#[cfg(test)]\nmod tests;\n");
+    let p = paths(&code);
+    assert!(
+        p.contains(&vec!["crate".into(), "a".into(), "X".into()]),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&vec!["crate".into(), "b".into(), "Z".into()]),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|s| s.contains(&"super".to_owned())), "{p:?}");
 }
 
 #[test]

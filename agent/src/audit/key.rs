@@ -19,7 +19,7 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
 
 /// Load an existing key; refuses a file readable by group or other.
 pub fn load(path: &Path) -> anyhow::Result<SigningKey> {
-    if let Some((msg, hint)) = crate::fsx::secret_file_problem(path, false) {
+    if let Some((msg, hint)) = crate::fsx::secret_file_problem(path, false, None) {
         anyhow::bail!("audit signing key: {msg}; {hint}");
     }
     let pem = crate::fsx::open_read(path)

@@ -142,7 +142,7 @@ pub struct Check<'a> {
     /// agent's 0700 key directory; it checks only the files it uses.
     pub other_files: bool,
     /// Who may own a secret file.
-    pub owners: super::common::Owners,
+    pub owners: crate::fsx::Owners,
 }
 
 impl Check<'_> {
@@ -601,7 +601,7 @@ mod tests {
             src: &src,
             problems: &mut problems,
             other_files: false,
-            owners: super::super::common::Owners { agent: 0 },
+            owners: crate::fsx::Owners { agent: 0 },
         };
         c.err(
             26..44,

@@ -190,7 +190,11 @@ fn secret_key(cfg: &Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
              or set [restore_drill] decryption_key"
         ),
     };
-    if let Some((msg, hint)) = crate::fsx::secret_file_problem(&key, false) {
+    if let Some((msg, hint)) = crate::fsx::secret_file_problem(
+        &key,
+        false,
+        Some(crate::fsx::Owners::for_state_dir(&cfg.state_dir)),
+    ) {
         bail!("the decryption key: {msg}; {hint}");
     }
     Ok(key)
