@@ -50,6 +50,7 @@ Python 3 standard library only.
 """
 
 import argparse
+import heapq
 import json
 import os
 import re
@@ -57,6 +58,7 @@ import ssl
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -117,6 +119,14 @@ class Sim:
             g["snapshots"] = snaps
             self.guests[int(g["vmid"])] = g
         self.tasks = {}
+        # Time-ordered events (at, seq, fn): task ends, lock releases, and the
+        # steps of task processes; run by advance() with self.clock = their time.
+        self.events = []
+        self.seq = 0
+        self.clock = None
+        for g in self.guests.values():
+            if g["lock"] and g.get("lock_until_seconds") is not None:
+                self.schedule(self.t0 + float(g["lock_until_seconds"]), self.lock_release(g, "lock_until_seconds"))
         self.pid = 4000
         self.max_in_flight = 0
         self.requests = []
@@ -132,7 +142,7 @@ class Sim:
         now = self.now()
         stats = {
             "max_in_flight": self.max_in_flight,
-            "in_flight": sum(1 for t in self.tasks.values() if t["end"] > now),
+            "in_flight": sum(1 for t in self.tasks.values() if self.running(t, now)),
             "tasks": [
                 {k: t[k] for k in ("upid", "type", "vmid", "exitstatus", "start", "end")}
                 for t in self.tasks.values()
@@ -149,25 +159,37 @@ class Sim:
             json.dump(stats, f, indent=1)
         os.replace(tmp, self.stats_path)
 
+    def t(self):
+        """The current simulated instant: an event's own time while it runs."""
+        return self.clock if self.clock is not None else time.time()
+
+    def schedule(self, at, fn):
+        self.seq += 1
+        heapq.heappush(self.events, (at, self.seq, fn))
+
+    def lock_release(self, g, key):
+        """An event that clears a scenario lock unless something else already did."""
+        def fire():
+            if g.get(key) is not None:
+                g.pop(key)
+                g["lock"] = None
+        return fire
+
     def advance(self):
-        """Finish tasks whose time has come: commit or roll back their effect."""
+        """Run, in time order, every event whose time has come; True if any ran."""
         now = self.now()
-        for t in self.tasks.values():
-            if t["done"] or t["end"] > now:
-                continue
-            t["done"] = True
-            fin = t.get("on_finish")
-            if fin:
-                fin()
-        for g in self.guests.values():
-            until = g.get("lock_until_seconds")
-            if g["lock"] and until is not None and now - self.t0 >= until:
-                g["lock"] = None
-                g.pop("lock_until_seconds")
-            unlock_at = g.get("unlock_at")
-            if g["lock"] and unlock_at is not None and now >= unlock_at:
-                g["lock"] = None
-                g.pop("unlock_at")
+        ran = False
+        while self.events and self.events[0][0] <= now:
+            at, _, fn = heapq.heappop(self.events)
+            self.clock = at
+            try:
+                fn()
+            except Exception:  # a simulator bug must not wedge the whole simulator
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                self.clock = None
+            ran = True
+        return ran
 
     def guest_lock(self, g):
         return g["lock"]
@@ -201,20 +223,44 @@ class Sim:
 
     # ---- tasks ---------------------------------------------------------
     def new_task(self, node, dtype, vmid, user, exitstatus, log, seconds, on_finish=None):
-        now = self.now()
+        """A task whose outcome is known now: its first log line shows at once,
+        the rest (and `exitstatus`) once it ends `seconds` later."""
+        task = self.open_task(node, dtype, vmid, user)
+        task["end"] = task["start"] + seconds
+        task["exitstatus"] = exitstatus
+        task["log"] = [(task["start"] if i == 0 else task["end"], line) for i, line in enumerate(log)]
+
+        def finish():
+            task["done"] = True
+            if on_finish:
+                on_finish()
+        self.schedule(task["end"], finish)
+        self.count_in_flight()
+        return task["upid"]
+
+    def open_task(self, node, dtype, vmid, user):
+        """A running task (UPID as PVE::UPID::encode); end/exitstatus set when it finishes."""
+        now = self.t()
         self.pid += 1
         upid = "UPID:%s:%08X:%08X:%08X:%s:%s:%s:" % (
             node, self.pid, 0x1A2B00 + self.pid, int(now), dtype, vmid, user,
         )
         task = {
             "upid": upid, "node": node, "type": dtype, "vmid": vmid, "user": user,
-            "pid": self.pid, "starttime": int(now), "start": now, "end": now + seconds,
-            "exitstatus": exitstatus, "log": log, "done": False, "on_finish": on_finish,
+            "pid": self.pid, "starttime": int(now), "start": now, "end": None,
+            "exitstatus": None, "log": [], "done": False,
         }
         self.tasks[upid] = task
-        running = sum(1 for t in self.tasks.values() if t["end"] > now)
+        return task
+
+    def running(self, task, now=None):
+        now = self.now() if now is None else now
+        return task["end"] is None or task["end"] > now
+
+    def count_in_flight(self):
+        now = self.t()
+        running = sum(1 for t in self.tasks.values() if self.running(t, now))
         self.max_in_flight = max(self.max_in_flight, running)
-        return upid
 
     # ---- lookups -------------------------------------------------------
     def guest_on(self, node, gtype, vmid):
@@ -329,7 +375,8 @@ class Sim:
             # the first snapshot attempt ran into it, however late that came.
             after = g.pop("lock_seconds_after_first_attempt", None)
             if after is not None:
-                g["unlock_at"] = self.now() + float(after)
+                g["unlock_at"] = self.t() + float(after)
+                self.schedule(g["unlock_at"], self.lock_release(g, "unlock_at"))
         elif name in g["snapshots"]:
             err = f"snapshot name '{name}' already used"
         elif not g["snapshot_feature"]:
@@ -414,7 +461,7 @@ class Sim:
         t = self.tasks.get(upid)
         if t is None or t["node"] != node:
             raise ApiError(500, f"no such task '{upid}'")
-        running = t["end"] > self.now()
+        running = self.running(t)
         out = {"upid": upid, "node": t["node"], "pid": t["pid"], "pstart": 0x1A2B00 + t["pid"],
                "starttime": t["starttime"], "type": t["type"], "id": str(t["vmid"]), "user": t["user"],
                "status": "running" if running else "stopped"}
@@ -426,7 +473,8 @@ class Sim:
         t = self.tasks.get(upid)
         if t is None or t["node"] != node:
             raise ApiError(500, f"no such task '{upid}'")
-        lines = t["log"] if t["end"] <= self.now() else t["log"][:1]
+        now = self.now()
+        lines = [line for at, line in t["log"] if at <= now]
         start = int(query.get("start", 0))
         limit = int(query.get("limit", 50))
         sel = lines[start:start + limit]
@@ -551,6 +599,14 @@ def main():
     ctx.load_cert_chain(a.cert, a.key)
     # Handshake in the handler thread, so one slow client never stalls accept().
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    # Events also run between requests, so locks end and files appear on time.
+    def tick():
+        while True:
+            time.sleep(0.05)
+            with sim.lock:
+                if sim.advance():
+                    sim.write_stats()
+    threading.Thread(target=tick, daemon=True).start()
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
