@@ -50,22 +50,222 @@ Python 3 standard library only.
 """
 
 import argparse
+import hashlib
 import heapq
 import json
 import os
+import random
 import re
+import shutil
 import ssl
 import sys
 import threading
 import time
 import traceback
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # pve-configid (PVE::JSONSchema), the format of pve-snapshot-name, maxLength 40.
 CONFIGID_RE = re.compile(r"^[a-z][a-z0-9_-]+$", re.IGNORECASE)
 BOOL_TRUE = re.compile(r"^(1|true|yes|on)$", re.IGNORECASE)
 BOOL_FALSE = re.compile(r"^(0|false|no|off)$", re.IGNORECASE)
+
+# ---- Proxmox VE formats and constants used by the backup endpoints --------
+# PVE::Storage $BACKUP_EXT_RE_2 with Plugin::KNOWN_COMPRESSION_FORMATS.
+BACKUP_EXT_RE = r"\.(tgz|(?:tar|vma)(?:\.(gz|lzo|zst|bz2))?)"
+BACKUP_VOLNAME_RE = re.compile(r"^backup/([^/]+" + BACKUP_EXT_RE + r")$")
+BACKUP_FILE_RE = re.compile(r"^(vzdump-(lxc|openvz|qemu)-.+" + BACKUP_EXT_RE + r")$")
+VOLID_RE = re.compile(r"^([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)$", re.IGNORECASE)  # Plugin::parse_volume_id
+STORAGE_ID_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$", re.IGNORECASE)     # JSONSchema::parse_id
+NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
+VMID_RE = re.compile(r"^[1-9][0-9]{2,8}$")
+INT_RE = re.compile(r"^[+-]?\d+$")
+NUM_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+CONTENT_TYPES = ("images", "rootdir", "vztmpl", "iso", "backup", "snippets", "import")
+PATH_STORAGE_TYPES = ("dir", "nfs", "cifs", "cephfs", "btrfs")
+# vzdump --compress -> archive extension (PVE::VZDump::compressor_info)
+COMPRESS_EXT = {"0": None, "1": "lzo", "lzo": "lzo", "gzip": "gz", "zstd": "zst"}
+# The first bytes of the simulated archives, so `file` names their format.
+MAGIC = {"zst": b"\x28\xb5\x2f\xfd", "gz": b"\x1f\x8b\x08\x00", "lzo": b"\x89LZO\x00\r\n\x1a\n",
+         "bz2": b"BZh9", "vma": b"VMA\x00"}
+VZDUMP_LOCKFILE = "/var/run/vzdump.lock"
+NOT_IN_SCHEMA = "property is not defined in schema and the schema does not allow additional properties"
+PARAM_FAILED = "Parameter verification failed."
+
+# vzdump's parameters (PVE::VZDump::Common $confdesc + the API's job-id, stdout).
+VZDUMP_SCHEMA = {
+    "vmid": {"format": "pve-vmid-list"}, "node": {"format": "pve-node"},
+    "all": {"type": "boolean"}, "stdexcludes": {"type": "boolean"},
+    "compress": {"enum": ["0", "1", "gzip", "lzo", "zstd"]},
+    "pigz": {"type": "integer"}, "zstd": {"type": "integer"}, "quiet": {"type": "boolean"},
+    "mode": {"enum": ["snapshot", "suspend", "stop"]},
+    "exclude": {"format": "pve-vmid-list"}, "exclude-path": {}, "mailto": {},
+    "mailnotification": {"enum": ["always", "failure"]},
+    "notification-mode": {"enum": ["auto", "legacy-sendmail", "notification-system"]},
+    "tmpdir": {}, "dumpdir": {}, "script": {}, "storage": {"format": "pve-storage-id"},
+    "stop": {"type": "boolean"}, "bwlimit": {"type": "integer", "minimum": 0},
+    "ionice": {"type": "integer", "minimum": 0, "maximum": 8}, "performance": {}, "fleecing": {},
+    "lockwait": {"type": "integer", "minimum": 0}, "stopwait": {"type": "integer", "minimum": 0},
+    "prune-backups": {}, "remove": {"type": "boolean"}, "pool": {},
+    "notes-template": {"maxLength": 1024, "requires": "storage"},
+    "protected": {"type": "boolean", "requires": "storage"},
+    "pbs-change-detection-mode": {"enum": ["legacy", "data", "metadata"]},
+    "job-id": {}, "stdout": {"type": "boolean"},
+}
+
+
+def truthy(v):
+    return v is not None and bool(BOOL_TRUE.match(str(v)))
+
+
+def split_list(text):
+    """PVE::ParseUtils::split_list."""
+    text = text or ""
+    if "\0" in text:
+        return text.split("\0")
+    return re.sub(r"[,;]", " ", text).split()
+
+
+def check_format(fmt, value):
+    """PVE::JSONSchema check_format for the formats used here; an error text or None."""
+    if fmt.endswith("-list"):
+        for v in split_list(value):
+            err = check_format(fmt[:-5], v)
+            if err:
+                return err
+        return None
+    if fmt == "pve-vmid":
+        return None if VMID_RE.match(str(value)) else "value does not look like a valid VM ID"
+    if fmt == "pve-storage-id":
+        if len(value) < 2:
+            return f"storage ID '{value}' cannot be shorter than 2 characters"
+        return None if STORAGE_ID_RE.match(value) else f"storage ID '{value}' contains illegal characters"
+    if fmt == "pve-node":
+        return None if NODE_RE.match(value) else "value does not look like a valid node name"
+    if fmt == "pve-storage-content":
+        return None if value in CONTENT_TYPES else f"invalid content type '{value}'"
+    raise ValueError(f"unknown format {fmt}")
+
+
+def validate(params, schema, extra=None):
+    """The checks PVE::JSONSchema::validate makes on a flat parameter hash, with
+    its messages: unknown keys, missing, type, format, length, range, enum,
+    `requires`. `extra(key)` may accept keys by pattern (net0, mp1, …)."""
+    errors = {}
+    for k in params:
+        if k not in schema and not (extra and extra(k)):
+            errors[k] = NOT_IN_SCHEMA
+    for k, spec in schema.items():
+        if spec.get("requires") and params.get(k) is not None and params.get(spec["requires"]) is None:
+            errors[spec["requires"]] = f"missing property required by '{k}'"
+    for k, spec in schema.items():
+        v = params.get(k)
+        if v is None:
+            if spec.get("optional", True) is False:
+                errors[k] = "property is missing and it is not optional"
+            continue
+        ty = spec.get("type", "string")
+        if ty == "boolean" and not (BOOL_TRUE.match(v) or BOOL_FALSE.match(v)):
+            errors[k] = f"type check ('boolean') failed - got '{v}'"
+            continue
+        if ty == "integer" and not INT_RE.match(v):
+            errors[k] = f"type check ('integer') failed - got '{v}'"
+            continue
+        if ty == "number" and not NUM_RE.match(v):
+            errors[k] = f"type check ('number') failed - got '{v}'"
+            continue
+        if spec.get("format"):
+            err = check_format(spec["format"], v)
+            if err:
+                errors[k] = f"invalid format - {err}"
+                continue
+        if "maxLength" in spec and len(v) > spec["maxLength"]:
+            errors[k] = f"value may only be {spec['maxLength']} characters long"
+            continue
+        if "minLength" in spec and len(v) < spec["minLength"]:
+            errors[k] = f"value must be at least {spec['minLength']} characters long"
+            continue
+        if ty in ("integer", "number"):
+            if "maximum" in spec and float(v) > spec["maximum"]:
+                errors[k] = f"value must have a maximum value of {spec['maximum']}"
+                continue
+            if "minimum" in spec and float(v) < spec["minimum"]:
+                errors[k] = f"value must have a minimum value of {spec['minimum']}"
+                continue
+        if "enum" in spec and v not in spec["enum"]:
+            errors[k] = f"value '{v}' does not have a value in the enumeration '{', '.join(spec['enum'])}'"
+    return errors
+
+
+def shell_quote(s):
+    """String::ShellQuote::shell_quote (as PVE::Tools::shellquote)."""
+    if s == "":
+        return "''"
+    if not re.search(r"[^\w!%+,\-./:=@^]", s):
+        return s
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def format_size(size):
+    """PVE::VZDump::format_size."""
+    kb = size / 1024
+    if kb < 1024:
+        return f"{int(kb)}KB"
+    mb = size / (1024 * 1024)
+    if mb < 1024:
+        return f"{int(mb)}MB"
+    gb = mb / 1024
+    if gb < 1024:
+        return "%.2fGB" % gb
+    return "%.2fTB" % (gb / 1024)
+
+
+def render_bytes(n):
+    for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return "%.1f %s" % (n / div, unit)
+    return f"{n} B"
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return "%02d:%02d:%02d" % (seconds // 3600, seconds % 3600 // 60, seconds % 60)
+
+
+def localstamp(t, fmt="%Y-%m-%d %H:%M:%S"):
+    return time.strftime(fmt, time.localtime(t))
+
+
+def archive_stream(seed, size, magic, start, end):
+    """Bytes [start, end) of a simulated archive: `magic`, then a pseudo-random
+    stream made of 1 MiB blocks, block i seeded by "{seed}/{i}" (deterministic
+    for a guest and backup number, different for every backup)."""
+    out = bytearray()
+    pos = start
+    end = min(end, size)
+    while pos < end:
+        if pos < len(magic):
+            take = min(end, len(magic)) - pos
+            out += magic[pos:pos + take]
+            pos += take
+            continue
+        off = pos - len(magic)
+        block, inner = divmod(off, 1 << 20)
+        data = random.Random(f"{seed}/{block}").randbytes(1 << 20)
+        take = min(end - pos, (1 << 20) - inner)
+        out += data[inner:inner + take]
+        pos += take
+    return bytes(out)
+
+
+class Deferred:
+    """An answer that waits (outside the simulator lock) for a task, as
+    DELETE …/content/{volume} with `delay` does."""
+
+    def __init__(self, upid, delay):
+        self.upid = upid
+        self.delay = delay
 
 
 class ApiError(Exception):
@@ -88,13 +288,24 @@ class Sim:
         self.nodes = scenario.get("nodes") or [scenario["node"]]
         self.token_id = scenario["token"]["id"]
         self.token_secret = scenario["token"]["secret"]
-        self.privileges = scenario.get(
-            "privileges", {"*": ["VM.Audit", "VM.Snapshot"]}
-        )
+        # ACLs by path: "*" or a VMID for /vms/{vmid} (as before), or a path
+        # ("/storage", "/storage/local", "/", "/nodes/pve1") inherited downwards.
+        self.privileges = scenario.get("privileges", {
+            "*": ["VM.Audit", "VM.Snapshot", "VM.Backup", "VM.Allocate"],
+            "/storage": ["Datastore.Audit", "Datastore.AllocateSpace"],
+        })
         self.task_seconds = float(scenario.get("task_seconds", 0.3))
         # The first N task-status requests fail as during a pveproxy restart.
         self.status_blips = int(scenario.get("status_blips", 0))
         self.fail_seconds = float(scenario.get("fail_seconds", 0.05))
+        self.vzdump_seconds = float(scenario.get("vzdump_seconds", 0.5))
+        self.backup_size_bytes = int(scenario.get("backup_size_bytes", 256 * 1024))
+        self.restore_seconds = float(scenario.get("restore_seconds", self.task_seconds))
+        self.delete_seconds = float(scenario.get("delete_seconds", 0.05))
+        self.archive_seed = str(scenario.get("archive_seed", "pve-sim"))
+        self.cluster_name = scenario.get("cluster_name") or (
+            "pve-sim-cluster" if len(self.nodes) > 1 else "standalone node")
+        self.load_storages(scenario, stats_path)
         self.guests = {}
         for g in scenario["guests"]:
             g = dict(g)
@@ -105,6 +316,7 @@ class Sim:
             g.setdefault("template", 0)
             g.setdefault("lock", None)
             g.setdefault("snapshot_feature", True)
+            g.setdefault("disk_storage", "local-lvm")
             snaps = {}
             for s in g.get("snapshots", []):
                 s = dict(s)
@@ -132,6 +344,13 @@ class Sim:
         self.requests = []
         self.deleted = []
         self.created = []
+        self.vzlocks = {}  # node -> vzdump's /var/run/vzdump.lock: holder, FIFO of waiters
+        self.vzdump_stats = {"started": 0, "finished": 0, "ok": 0, "warnings": 0, "failed": 0}
+        self.archives = []
+        self.archives_deleted = []
+        for g in sorted(self.guests.values(), key=lambda g: g["vmid"]):
+            if g.get("backup_running_seconds") is not None:
+                self.scheduled_backup(g)
         self.write_stats()
 
     # ---- bookkeeping ---------------------------------------------------
@@ -144,7 +363,7 @@ class Sim:
             "max_in_flight": self.max_in_flight,
             "in_flight": sum(1 for t in self.tasks.values() if self.running(t, now)),
             "tasks": [
-                {k: t[k] for k in ("upid", "type", "vmid", "exitstatus", "start", "end")}
+                {k: t[k] for k in ("upid", "node", "type", "vmid", "user", "exitstatus", "start", "end")}
                 for t in self.tasks.values()
             ],
             "created": self.created,
@@ -152,6 +371,13 @@ class Sim:
             "requests": self.requests,
             "snapshots": {
                 str(vmid): sorted(g["snapshots"].keys()) for vmid, g in self.guests.items()
+            },
+            "vzdump": self.vzdump_stats,
+            "archives": self.archives,
+            "archives_deleted": self.archives_deleted,
+            "guests": {
+                str(vmid): {k: g.get(k) for k in ("node", "type", "name", "status", "lock", "template")}
+                for vmid, g in sorted(self.guests.items())
             },
         }
         tmp = self.stats_path + ".tmp"
@@ -212,7 +438,36 @@ class Sim:
         return tokenid
 
     def privs(self, vmid):
-        return self.privileges.get(str(vmid), self.privileges.get("*", []))
+        for key in (str(vmid), f"/vms/{vmid}", "*", "/vms", "/"):
+            if key in self.privileges:
+                return self.privileges[key]
+        return []
+
+    def privs_at(self, path):
+        """Privileges on an ACL path: the most specific entry on it or above it."""
+        if path.startswith("/vms/"):
+            return self.privs(path[len("/vms/"):])
+        parts = path.rstrip("/").split("/")
+        while parts:
+            key = "/".join(parts) or "/"
+            if key in self.privileges:
+                return self.privileges[key]
+            parts = parts[:-1]
+        return []
+
+    def has_path(self, path, priv):
+        return priv in self.privs_at(path)
+
+    def has_any(self, path, privs):
+        return any(p in self.privs_at(path) for p in privs)
+
+    def check_path(self, path, priv):
+        if not self.has_path(path, priv):
+            raise ApiError(403, f"Permission check failed ({path}, {priv})")
+
+    def check_any(self, path, privs):
+        if not self.has_any(path, privs):
+            raise ApiError(403, f"Permission check failed ({path}, {'|'.join(privs)})")
 
     def has(self, vmid, priv):
         return priv in self.privs(vmid)
@@ -282,6 +537,7 @@ class Sim:
             "id": f"{g['type']}/{g['vmid']}", "type": g["type"], "vmid": g["vmid"],
             "node": g["node"], "name": g["name"], "status": g["status"],
             "template": 1 if g["template"] else 0, "maxmem": 2147483648, "maxdisk": 34359738368,
+            **({"lock": g["lock"]} if g["lock"] else {}),
         }
 
     def cluster_resources(self, query):
@@ -306,6 +562,8 @@ class Sim:
                 e = {"vmid": g["vmid"], "name": g["name"], "status": g["status"]}
                 if g["template"]:
                     e["template"] = 1
+                if g["lock"]:
+                    e["lock"] = g["lock"]
                 out.append(e)
         return out
 
@@ -454,6 +712,720 @@ class Sim:
         return self.new_task(node, dtype, vmid, user, "OK",
                              [f"delete snapshot '{name}'", "TASK OK"], self.task_seconds, finish)
 
+    # ---- storages (storage.cfg) ------------------------------------------
+    def load_storages(self, scenario, stats_path):
+        base = os.path.join(os.path.dirname(os.path.abspath(stats_path)), "pve-sim-storage")
+        conf = scenario.get("storages")
+        if conf is None:  # a fresh PVE install: `local` (dir) and `local-lvm` (lvmthin)
+            conf = {"local": {"type": "dir", "content": ["backup", "iso", "vztmpl"]},
+                    "local-lvm": {"type": "lvmthin", "content": ["images", "rootdir"]}}
+        self.storages = {}
+        for sid, c in conf.items():
+            if not STORAGE_ID_RE.match(sid):
+                raise ValueError(f"scenario: bad storage ID '{sid}'")
+            c = dict(c)
+            c.setdefault("type", "dir")
+            content = c.get("content", ["backup"] if c["type"] in PATH_STORAGE_TYPES else ["images", "rootdir"])
+            c["content"] = set(split_list(content) if isinstance(content, str) else content)
+            if c["type"] in PATH_STORAGE_TYPES:
+                c.setdefault("path", os.path.join(base, "{node}", sid))
+            elif c["content"] & {"backup", "iso", "vztmpl", "snippets", "import"}:
+                raise ValueError(f"scenario: storage '{sid}' of type {c['type']} cannot hold file content")
+            c["nodes"] = set(c["nodes"]) if c.get("nodes") else None
+            c["shared"] = 1 if c.get("shared", c["type"] in ("nfs", "cifs", "cephfs")) else 0
+            c["disable"] = 1 if c.get("disable") else 0
+            self.storages[sid] = c
+            if c.get("path"):
+                for node in self.nodes:
+                    if c["nodes"] is None or node in c["nodes"]:
+                        os.makedirs(self.dumpdir(sid, node), exist_ok=True)
+
+    def storage_dir(self, sid, node):
+        return self.storages[sid]["path"].replace("{node}", node)
+
+    def dumpdir(self, sid, node):
+        return os.path.join(self.storage_dir(sid, node), "dump")
+
+    def storage_config(self, sid):
+        """PVE::Storage::storage_config."""
+        sc = self.storages.get(sid)
+        if sc is None:
+            raise ApiError(500, f"storage '{sid}' does not exist")
+        return sc
+
+    def storage_check_enabled(self, sid, node):
+        """PVE::Storage::storage_check_enabled (+ storage_check_node)."""
+        sc = self.storage_config(sid)
+        if sc["disable"]:
+            raise ApiError(500, f"storage '{sid}' is disabled")
+        if sc["nodes"] is not None and node not in sc["nodes"]:
+            raise ApiError(500, f"storage '{sid}' is not available on node '{node}'")
+        return sc
+
+    def parse_volname(self, sid, volname):
+        """(vtype, name, owner vmid) as the storage plugin's parse_volname."""
+        sc = self.storage_config(sid)
+        if sc["type"] in PATH_STORAGE_TYPES:
+            m = BACKUP_VOLNAME_RE.match(volname)
+            if m:
+                fn = m.group(1)
+                o = re.match(r"^vzdump-(openvz|lxc|qemu)-(\d+)-.+", fn)
+                return "backup", fn, int(o.group(2)) if o else None
+            if re.match(r"^iso/[^/]+\.(iso|img)$", volname, re.IGNORECASE):
+                return "iso", volname[4:], None
+            if re.match(r"^vztmpl/[^/]+\.tar\.(gz|xz|zst|bz2)$", volname):
+                return "vztmpl", volname[7:], None
+            if re.match(r"^snippets/[^/]+$", volname):
+                return "snippets", volname[9:], None
+            m = re.match(r"^(\d+)/(\S+)$", volname)
+            if m:
+                return "images", m.group(2), int(m.group(1))
+            raise ApiError(500, f"unable to parse directory volume name '{volname}'")
+        m = re.match(r"^((?:vm|base|subvol)-(\d+)-\S+)$", volname)
+        if m:
+            return "images", volname, int(m.group(2))
+        kind = {"zfspool": "zfs", "rbd": "rbd"}.get(sc["type"], "lvm")
+        raise ApiError(500, f"unable to parse {kind} volume name '{volname}'")
+
+    def volume_path(self, volid, node):
+        """PVE::Storage::path: (path, owner, vtype)."""
+        m = VOLID_RE.match(volid)
+        if not m:
+            raise ApiError(500, f"unable to parse volume ID '{volid}'")
+        sid, volname = m.groups()
+        sc = self.storage_config(sid)
+        vtype, name, owner = self.parse_volname(sid, volname)
+        if sc["type"] in PATH_STORAGE_TYPES:
+            sub = {"backup": "dump", "iso": "template/iso", "vztmpl": "template/cache",
+                   "snippets": "snippets", "images": f"images/{owner}"}[vtype]
+            return os.path.join(self.storage_dir(sid, node), sub, name), owner, vtype
+        return f"/dev/pve/{name}", owner, vtype
+
+    def real_volume_id(self, sid, volume):
+        """API2/Storage/Content.pm $real_volume_id."""
+        if ":" in volume:
+            m = VOLID_RE.match(volume)
+            if not m:
+                raise ApiError(400, PARAM_FAILED, {"volume": f"unable to parse volume ID '{volume}'"})
+            if sid and m.group(1) != sid:
+                raise ApiError(400, PARAM_FAILED, {"volume": f"storage ID mismatch ({m.group(1)} != {sid})"})
+            return volume, m.group(1)
+        if not sid:
+            raise ApiError(400, PARAM_FAILED, {"volume": "no storage specified - incomplete volume ID"})
+        return f"{sid}:{volume}", sid
+
+    def check_volume_access(self, vmid, volid, want=None):
+        """PVE::Storage::check_volume_access (the user is never root@pam: a token)."""
+        m = VOLID_RE.match(volid)
+        if not m:
+            # die without "\n" in Storage.pm: Perl appends where it died.
+            raise ApiError(500, "Only root can pass arbitrary filesystem paths. at /usr/share/perl5/PVE/Storage.pm line 651.")
+        sid, volname = m.groups()
+        vtype, _, owner = self.parse_volname(sid, volname)
+        if want and vtype != want and not (want == "rootdir" and vtype == "images"):
+            raise ApiError(500, f"unable to use volume {volid} - content type needs to be '{want}'")
+        if self.has_path(f"/storage/{sid}", "Datastore.Allocate"):
+            return
+        if vtype in ("iso", "vztmpl", "import"):
+            self.check_any(f"/storage/{sid}", ["Datastore.AllocateSpace", "Datastore.Audit"])
+        elif owner is not None and vmid is not None and owner == vmid:
+            return
+        elif vtype == "backup" and owner:
+            self.check_path(f"/storage/{sid}", "Datastore.AllocateSpace")
+            self.check(owner, "VM.Backup")
+        elif vtype in ("images", "rootdir") and owner:
+            self.check_path(f"/storage/{sid}", "Datastore.Audit")
+            self.check(owner, "VM.Config.Disk")
+        else:
+            raise ApiError(500, f"missing privileges to access {volid}")
+
+    def node_check(self, node):
+        if node not in self.nodes:
+            raise ApiError(500, f"hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known")
+
+    # ---- processes: tasks whose steps run as events ----------------------
+    def spawn(self, task, gen):
+        """Run generator `gen` as the body of `task`: it yields ("sleep", s) or
+        ("lock", node, max_wait) for vzdump's node-wide lock (answered
+        "acquired" / "waited" / "timeout")."""
+        proc = {"gen": gen, "task": task}
+        self.step(proc, None)
+        return proc
+
+    def step(self, proc, value):
+        try:
+            req = proc["gen"].send(value)
+        except StopIteration:
+            return
+        except Exception as e:  # a simulator bug: end the task visibly, keep serving
+            traceback.print_exc(file=sys.stderr)
+            if proc["task"]["end"] is None:
+                self.end_task(proc["task"], f"pve-simulator internal error - {e}")
+            return
+        if req[0] == "sleep":
+            self.schedule(self.t() + req[1], lambda: self.step(proc, None))
+            return
+        node, wait = req[1], req[2]
+        lk = self.vzlocks.setdefault(node, {"holder": None, "waiters": []})
+        if lk["holder"] is None:
+            lk["holder"] = proc
+            self.step(proc, "acquired")
+            return
+        w = {"proc": proc, "done": False}
+        lk["waiters"].append(w)
+
+        def timeout():
+            if not w["done"]:
+                w["done"] = True
+                lk["waiters"].remove(w)
+                self.step(proc, "timeout")
+        self.schedule(self.t() + wait, timeout)
+
+    def vzlock_busy(self, node):
+        return self.vzlocks.get(node, {}).get("holder") is not None
+
+    def vzlock_release(self, node):
+        lk = self.vzlocks[node]
+        lk["holder"] = None
+        while lk["waiters"]:
+            w = lk["waiters"].pop(0)
+            if w["done"]:
+                continue
+            w["done"] = True
+            lk["holder"] = w["proc"]
+            self.schedule(self.t(), lambda: self.step(w["proc"], "waited"))
+            break
+
+    def tlog(self, task, line):
+        task["log"].append((self.t(), line))
+
+    def end_task(self, task, exitstatus):
+        """The worker ends: its last log line says the status (PVE::RESTEnvironment
+        fork_worker), except after an exit() without one ("unexpected status")."""
+        if exitstatus == "OK":
+            self.tlog(task, "TASK OK")
+        elif exitstatus.startswith("WARNINGS: "):
+            self.tlog(task, "TASK " + exitstatus)
+        elif exitstatus != "unexpected status":
+            self.tlog(task, "TASK ERROR: " + exitstatus)
+        task["end"] = self.t()
+        task["exitstatus"] = exitstatus
+        task["done"] = True
+        if task["type"] == "vzdump":
+            self.vzdump_stats["finished"] += 1
+            key = "ok" if exitstatus == "OK" else "warnings" if exitstatus.startswith("WARNINGS") else "failed"
+            self.vzdump_stats[key] += 1
+
+    # ---- vzdump ----------------------------------------------------------
+    def verify_notes_template(self, template):
+        """PVE::VZDump $verify_notes_template; an error text or None."""
+        if "\n" in template:
+            return "contains a line feed"
+        problems = []
+        for m in re.finditer(r"\\(.)", template, re.DOTALL):
+            if m.group(1) not in ("n", "\\"):
+                problems.append(f"escape sequence '\\{m.group(1)}' at char {m.end() - 2}")
+        for m in re.finditer(r"\{\{([^\s{}]+)\}\}", template):
+            if m.group(1) not in ("cluster", "guestname", "node", "vmid"):
+                problems.append(f"variable '{m.group(1)}' at char {m.end() - len(m.group(1))}")
+        return "found unknown: " + ", ".join(problems) if problems else None
+
+    def generate_notes(self, template, g, node):
+        hostname = g["name"] if g["type"] == "qemu" else (g["name"] or f"CT{g['vmid']}")
+        info = {"cluster": self.cluster_name, "guestname": hostname or f"VM {g['vmid']}",
+                "node": node, "vmid": str(g["vmid"])}
+        text = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), template)
+        return re.sub(r"\{\{(cluster|guestname|node|vmid)\}\}", lambda m: info[m.group(1)], text)
+
+    def vzdump(self, node, params, user):
+        """POST /nodes/{node}/vzdump (pve-manager PVE/API2/VZDump.pm)."""
+        errors = validate(params, VZDUMP_SCHEMA)
+        if errors:
+            raise ApiError(400, PARAM_FAILED, errors)
+        self.node_check(node)
+        if params.get("node") and params["node"] != node:
+            raise ApiError(400, PARAM_FAILED, {"node": "option is only allowed on the command line interface."})
+        if truthy(params.get("stdout")):
+            raise ApiError(400, PARAM_FAILED, {"stdout": "option is only allowed on the command line interface."})
+        # assert_param_permission_vzdump: an API token is never root@pam.
+        for key in ("tmpdir", "dumpdir", "script", "job-id"):
+            if key in params:
+                raise ApiError(400, PARAM_FAILED, {key: "Only root may set this option."})
+        if any(k in params for k in ("bwlimit", "ionice", "performance")):
+            self.check_path("/", "Sys.Modify")
+        storage = params.get("storage") or "local"  # get_storage_param
+        if params.get("prune-backups") is not None:
+            self.check_path(f"/storage/{storage}", "Datastore.Allocate")
+        for k in ("pool", "fleecing", "performance", "exclude-path"):
+            if params.get(k):
+                raise ApiError(501, f"pve-simulator: vzdump parameter '{k}' is not modelled")
+        if params.get("prune-backups") not in (None, "keep-all=1"):
+            raise ApiError(501, "pve-simulator: vzdump pruning ('prune-backups') is not modelled")
+        if truthy(params.get("stop")):
+            raise ApiError(501, "pve-simulator: vzdump parameter 'stop' is not modelled")
+        # verify_vzdump_parameters
+        every = truthy(params.get("all"))
+        if every and params.get("vmid"):
+            raise ApiError(400, PARAM_FAILED, {"all": "option conflicts with option 'vmid'"})
+        if params.get("exclude") and params.get("vmid"):
+            raise ApiError(400, PARAM_FAILED, {"exclude": "option conflicts with option 'vmid'"})
+        if params.get("notes-template"):
+            err = self.verify_notes_template(params["notes-template"])
+            if err:
+                raise ApiError(400, PARAM_FAILED, {"notes-template": err})
+        if params.get("exclude") is not None:
+            every = True
+        if not every and not params.get("vmid"):
+            raise ApiError(400, PARAM_FAILED, {"vmid": "property is missing"})
+        # get_included_guests
+        if every:
+            excluded = {int(v) for v in split_list(params.get("exclude"))}
+            vmids = [v for v in self.guests if v not in excluded]
+        else:
+            vmids = [int(v) for v in split_list(params["vmid"])]
+        local, skip = [], []
+        for v in dict.fromkeys(vmids):
+            g = self.guests.get(v)
+            (local if g is None or g["node"] == node else skip).append(v)
+        if not local and not every:
+            return "OK"  # "silent exit if specified VMs run on other nodes"
+        self.check_path(f"/storage/{storage}", "Datastore.AllocateSpace")
+        cmd = "vzdump"
+        if params.get("vmid"):
+            cmd += " " + " ".join(split_list(params["vmid"]))
+        for k in sorted(set(params) | {"node"}):
+            if k in ("vmid", "stdout", "job-id"):
+                continue
+            v = node if k == "node" else params[k]
+            if v != "":
+                cmd += f" --{k} {shell_quote(v)}"
+        task = self.open_task(node, "vzdump", local[0] if len(local) == 1 else "", user)
+        self.vzdump_stats["started"] += 1
+        opts = {"mode": params.get("mode", "snapshot"), "compress": params.get("compress", "0"),
+                "notes": params.get("notes-template"), "protected": truthy(params.get("protected")),
+                "lockwait": int(params.get("lockwait", 180)), "all": every,
+                "ionice": int(params.get("ionice", 7)), "bwlimit": params.get("bwlimit")}
+        self.spawn(task, self.vzdump_job(task, node, local, skip, opts, storage, cmd))
+        self.count_in_flight()
+        return task["upid"]
+
+    def vzdump_job(self, task, node, vmids, skip, opts, storage, cmdline):
+        """The vzdump worker: PVE::VZDump->new, getlock, exec_backup."""
+        errs = []
+        sc = None
+        try:
+            self.storage_check_enabled(storage, node)
+        except ApiError as e:
+            errs.append(f"could not activate storage '{storage}': {e.message}")
+        try:
+            sc = self.storage_config(storage)
+            if "backup" not in sc["content"]:
+                raise ApiError(500, f"can't use storage '{storage}' for backups - wrong content type")
+        except ApiError as e:
+            errs.append(f"could not get storage information for '{storage}': {e.message}")
+        if errs:
+            self.end_task(task, " ".join(errs))
+            return
+        dumpdir = self.dumpdir(storage, node)
+        if self.vzlock_busy(node):
+            if opts["lockwait"] == 0:
+                self.tlog(task, f"ERROR: can't acquire lock '{VZDUMP_LOCKFILE}' (wait = 0)")
+                self.end_task(task, "unexpected status")  # the worker exit()s without a status line
+                return
+            self.tlog(task, "INFO: trying to get global lock - waiting...")
+        got = yield ("lock", node, opts["lockwait"] * 60)
+        if got == "timeout":
+            self.tlog(task, f"ERROR: can't acquire lock '{VZDUMP_LOCKFILE}' - got timeout")
+            self.end_task(task, "unexpected status")
+            return
+        try:
+            if got == "waited":
+                self.tlog(task, "INFO: got global lock")
+            self.tlog(task, f"INFO: starting new backup job: {cmdline}")
+            if skip:
+                self.tlog(task, "INFO: skip external VMs: " + ", ".join(str(v) for v in sorted(skip)))
+            todo = []
+            for vmid in sorted(vmids):
+                if vmid in self.guests and not self.has(vmid, "VM.Backup"):
+                    if opts["all"]:
+                        continue
+                    self.end_task(task, f"Permission check failed (/vms/{vmid}, VM.Backup)")
+                    return
+                todo.append(vmid)
+            errcount = warnings = 0
+            for vmid in todo:
+                ok, warned = yield from self.backup_guest(task, node, vmid, opts, storage, dumpdir)
+                errcount += 0 if ok else 1
+                warnings += warned
+            if errcount:
+                self.tlog(task, "INFO: Backup job finished with errors")
+                self.end_task(task, "job errors")
+            else:
+                self.tlog(task, "INFO: Backup job finished successfully")
+                self.end_task(task, f"WARNINGS: {warnings}" if warnings else "OK")
+        finally:
+            self.vzlock_release(node)
+
+    def backup_guest(self, task, node, vmid, opts, storage, dumpdir):
+        """PVE::VZDump::exec_backup_task for one guest; returns (ok, warnings)."""
+        vmlog = []
+
+        def say(level, msg):
+            self.tlog(task, f"{level}: {msg}")
+            vmlog.append(f"{localstamp(self.t())} {level}: {msg}")
+
+        g = self.guests.get(vmid)
+        if g is None:
+            self.tlog(task, f"ERROR: Backup of VM {vmid} failed - unable to find VM '{vmid}'")
+            self.tlog(task, f"INFO: Failed at {localstamp(self.t())}")
+            return False, 0
+        start = self.t()
+        gtype = g["type"]
+        kind = "VM" if gtype == "qemu" else "CT"
+        basename = f"vzdump-{gtype}-{vmid}-{localstamp(start, '%Y_%m_%d-%H_%M_%S')}"
+        comp = COMPRESS_EXT[opts["compress"]]
+        ext = (".vma" if gtype == "qemu" else ".tar") + (f".{comp}" if comp else "")
+        target = os.path.join(dumpdir, basename + ext)
+        tmptar = re.sub(r"\.[^.]+$", ".dat", target)
+        tmpdir = os.path.join(dumpdir, basename + ".tmp")
+        logfile = os.path.join(dumpdir, basename + ".log")
+        seconds = float(opts.get("seconds", {}).get(vmid, g.get("backup_seconds", self.vzdump_seconds)))
+        size = int(g.get("backup_size_bytes", self.backup_size_bytes))
+        warns = g.get("backup_warnings") or []
+        warns = [warns] if isinstance(warns, str) else list(warns)
+        failure = g.get("backup_error")
+        for p in (tmptar, logfile):
+            if os.path.exists(p):
+                os.unlink(p)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        os.makedirs(tmpdir, exist_ok=True)
+        say("INFO", f"Starting Backup of VM {vmid} ({gtype})")
+        self.tlog(task, f"INFO: Backup started at {localstamp(self.t())}")
+        running = g["status"] == "running" and not g["template"]
+        say("INFO", f"status = {'running' if running else 'stopped'}")
+        err = None
+        locked = False
+        restart = False
+        warned = 0
+        if g["lock"]:
+            err = f"{kind} is locked ({g['lock']})"
+            after = g.pop("lock_seconds_after_first_attempt", None)
+            if after is not None:
+                g["unlock_at"] = self.t() + float(after)
+                self.schedule(g["unlock_at"], self.lock_release(g, "unlock_at"))
+        else:
+            g["lock"] = "backup"
+            locked = True
+        if err is None:
+            mode = opts["mode"] if running else "stop"
+            if gtype == "qemu":
+                say("INFO", f"VM Name: {g['name']}")
+                say("INFO", f"include disk 'scsi0' '{g.get('disk_storage', 'local-lvm')}:vm-{vmid}-disk-0' 32G")
+            else:
+                say("INFO", f"CT Name: {g['name']}")
+                say("INFO", "including mount point rootfs ('/') in backup")
+                if mode == "snapshot" and not g["snapshot_feature"]:
+                    say("INFO", "mode failure - some volumes do not support snapshots")
+                    say("INFO", "trying 'suspend' mode instead")
+                    mode = "suspend"
+            say("INFO", f"backup mode: {mode}")
+            if opts["bwlimit"]:
+                say("INFO", f"bandwidth limit: {opts['bwlimit']} KiB/s")
+            say("INFO", f"ionice priority: {opts['ionice']}")
+            if mode == "stop" and running:
+                say("INFO", "stopping virtual guest")
+                g["status"] = "stopped"
+                restart = True
+            elif mode == "suspend":
+                say("INFO", "suspending guest")
+            elif gtype == "lxc":
+                say("INFO", "create storage snapshot 'vzdump'")
+            yield ("sleep", seconds * 0.1)
+            if mode == "suspend":
+                say("INFO", "resuming guest")
+                say("INFO", "guest is online again after <1 seconds")
+            say("INFO", f"creating vzdump archive '{target}'")
+            g["backups"] = g.get("backups", 0) + 1
+            seed = f"{self.archive_seed}:{vmid}:{g['backups']}"
+            magic = MAGIC.get(comp or ("vma" if gtype == "qemu" else ""), b"")
+            digest = hashlib.sha256()
+            open(tmptar, "wb").close()
+            if gtype == "qemu":
+                say("INFO", f"started backup task '{uuid.uuid5(uuid.NAMESPACE_URL, seed)}'")
+            written = 0
+            total = 32 << 30
+            for step in range(1, 5):
+                yield ("sleep", seconds * 0.2)
+                if step == 2 and warns:
+                    for w in warns:
+                        say("WARN", w)
+                        warned += 1
+                if step == 3 and failure:
+                    if gtype == "qemu":
+                        say("INFO", "aborting backup job")
+                    err = failure
+                    break
+                upto = size * step // 4
+                chunk = archive_stream(seed, size, magic, written, upto)
+                with open(tmptar, "ab") as f:
+                    f.write(chunk)
+                digest.update(chunk)
+                written = upto
+                if gtype == "qemu":
+                    secs = max(1, int(self.t() - start))
+                    say("INFO", "%3d%% (%s of %s) in %ds, read: %s/s, write: %s/s" % (
+                        step * 25, render_bytes(total * step // 4), render_bytes(total), secs,
+                        render_bytes(total * step // 4 // secs), render_bytes(written // secs)))
+            if err is None:
+                yield ("sleep", seconds * 0.1)
+                secs = int(self.t() - start)
+                if gtype == "qemu":
+                    say("INFO", f"backup is sparse: {render_bytes(total - size)} "
+                                f"({(total - size) * 100 // total}%) total zero data")
+                    say("INFO", f"transferred {render_bytes(total)} in {secs} seconds" if secs
+                                else f"transferred {render_bytes(total)} in <1 seconds")
+                else:
+                    say("INFO", f"Total bytes written: {size} ({size / 1048576:.1f}MiB, "
+                                f"{size / 1048576 / max(secs, 1):.1f}MiB/s)")
+                replaced = os.path.exists(target)
+                os.replace(tmptar, target)  # rename(): a same-second archive is replaced
+                say("INFO", f"archive file size: {format_size(size)}")
+                volid = f"{storage}:backup/{os.path.basename(target)}"
+                if opts["notes"]:
+                    say("INFO", "adding notes to backup")
+                    with open(target + ".notes", "w", encoding="utf-8") as f:
+                        f.write(self.generate_notes(opts["notes"], g, node))
+                if opts["protected"]:
+                    say("INFO", "marking backup as protected")
+                    open(target + ".protected", "w").close()
+                for old in self.archives:
+                    if old["path"] == target and not old.get("replaced_by"):
+                        old["replaced_by"] = task["upid"]
+                rec = {"volid": volid, "path": target, "node": node, "storage": storage, "vmid": vmid,
+                       "type": gtype, "name": g["name"], "template": 1 if g["template"] else 0,
+                       "disk_storage": g.get("disk_storage", "local-lvm"), "upid": task["upid"],
+                       "backup_number": g["backups"], "size": size, "sha256": digest.hexdigest(),
+                       "written_at": self.t(), "replaced": replaced}
+                self.archives.append(rec)
+        if locked:
+            g["lock"] = None
+        if gtype == "lxc" and err is None and opts["mode"] == "snapshot" and g["snapshot_feature"] and running:
+            say("INFO", "cleanup temporary 'vzdump' snapshot")
+        if restart:
+            say("INFO", "restarting vm")
+            g["status"] = "running"
+            say("INFO", f"guest is online again after {max(1, int(self.t() - start))} seconds")
+        if os.path.exists(tmptar):
+            os.unlink(tmptar)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if err is not None:
+            say("ERROR", f"Backup of VM {vmid} failed - {err}")
+            self.tlog(task, f"INFO: Failed at {localstamp(self.t())}")
+        else:
+            say("INFO", f"Finished Backup of VM {vmid} ({format_time(self.t() - start)})")
+            self.tlog(task, f"INFO: Backup finished at {localstamp(self.t())}")
+        with open(logfile, "w") as f:
+            f.write("\n".join(vmlog) + "\n")
+        return err is None, warned
+
+    def scheduled_backup(self, g):
+        """A backup job (root@pam, as from jobs.cfg) already running at start."""
+        node = g["node"]
+        storage = next((s for s, c in sorted(self.storages.items()) if "backup" in c["content"]
+                        and (c["nodes"] is None or node in c["nodes"]) and not c["disable"]), None)
+        if storage is None:
+            raise ValueError(f"scenario: backup_running_seconds on {g['vmid']} needs a storage with content 'backup'")
+        task = self.open_task(node, "vzdump", g["vmid"], "root@pam")
+        self.vzdump_stats["started"] += 1
+        opts = {"mode": "snapshot", "compress": "zstd", "notes": "{{guestname}}", "protected": False,
+                "lockwait": 180, "all": False, "ionice": 7, "bwlimit": None,
+                "seconds": {g["vmid"]: float(g["backup_running_seconds"])}}
+        cmd = f"vzdump {g['vmid']} --compress zstd --mode snapshot --node {node} --notes-template '{{{{guestname}}}}' --quiet 1 --storage {storage}"
+        self.spawn(task, self.vzdump_job(task, node, [g["vmid"]], [], opts, storage, cmd))
+
+    # ---- storage content (pve-storage PVE/API2/Storage/Content.pm) -------
+    def node_storages(self, node, query):
+        """GET /nodes/{node}/storage (pve-storage API2/Storage/Status.pm index)."""
+        errors = validate(query, {"content": {"format": "pve-storage-content"}, "enabled": {"type": "boolean"},
+                                  "format": {"type": "boolean"}, "storage": {"format": "pve-storage-id"},
+                                  "target": {"format": "pve-node"}})
+        if errors:
+            raise ApiError(400, PARAM_FAILED, errors)
+        self.node_check(node)
+        out = []
+        for sid, sc in sorted(self.storages.items()):
+            if not self.has_any(f"/storage/{sid}", ["Datastore.Audit", "Datastore.AllocateSpace"]):
+                continue
+            if query.get("storage") and query["storage"] != sid:
+                continue
+            if sc["nodes"] is not None and node not in sc["nodes"]:
+                continue
+            if query.get("content") and query["content"] not in sc["content"]:
+                continue
+            if truthy(query.get("enabled")) and sc["disable"]:
+                continue
+            e = {"storage": sid, "type": sc["type"], "content": ",".join(sorted(sc["content"])),
+                 "shared": sc["shared"], "enabled": 0 if sc["disable"] else 1, "active": 0 if sc["disable"] else 1}
+            if not sc["disable"]:
+                if sc.get("path"):
+                    du = shutil.disk_usage(self.storage_dir(sid, node))
+                    e.update(total=du.total, used=du.used, avail=du.free)
+                else:
+                    e.update(total=100 << 30, used=10 << 30, avail=90 << 30)
+                e["used_fraction"] = e["used"] / e["total"] if e["total"] else 0
+            out.append(e)
+        return out
+
+    def storage_path_param(self, sid):
+        err = check_format("pve-storage-id", sid)
+        if err:
+            raise ApiError(400, PARAM_FAILED, {"storage": f"invalid format - {err}"})
+
+    def list_content(self, node, sid, query):
+        """GET /nodes/{node}/storage/{storage}/content (only `backup` content is
+        listed: the dir plugin's get_subdir_files over {path}/dump)."""
+        self.storage_path_param(sid)
+        errors = validate(query, {"content": {"format": "pve-storage-content"},
+                                  "vmid": {"type": "integer", "format": "pve-vmid"}})
+        if errors:
+            raise ApiError(400, PARAM_FAILED, errors)
+        self.node_check(node)
+        self.check_any(f"/storage/{sid}", ["Datastore.Audit", "Datastore.AllocateSpace"])
+        sc = self.storage_config(sid)
+        want = [query["content"]] if query.get("content") else list(CONTENT_TYPES)
+        want = [c for c in want if c in sc["content"]]
+        self.storage_check_enabled(sid, node)  # activate_storage
+        vmid = int(query["vmid"]) if query.get("vmid") else None
+        out = []
+        if "backup" in want and sc.get("path"):
+            d = self.dumpdir(sid, node)
+            for fn in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+                full = os.path.join(d, fn)
+                m = re.match(r"^([^/]+" + BACKUP_EXT_RE + r")$", fn)
+                if not m or not os.path.isfile(full):
+                    continue
+                fmt = m.group(2)
+                if vmid is not None and not re.search(rf"\S+-{vmid}-\S+", fn):
+                    continue
+                st = os.stat(full)
+                item = {"volid": f"{sid}:backup/{fn}", "format": fmt, "content": "backup", "size": st.st_size}
+                info = self.archive_info(fn)
+                if info.get("ctime") is not None:
+                    item["ctime"] = info["ctime"]
+                item["subtype"] = info.get("type", "unknown")
+                vm = re.search(r"-([1-9][0-9]{2,8})-[^/]+\." + re.escape(fmt) + "$", fn)
+                if vmid is not None or vm:
+                    item["vmid"] = vmid if vmid is not None else int(vm.group(1))
+                if os.path.isfile(full + ".notes"):
+                    with open(full + ".notes", encoding="utf-8", errors="replace") as f:
+                        item["notes"] = f.readline().rstrip("\n")
+                if os.path.exists(full + ".protected"):
+                    item["protected"] = 1
+                item.setdefault("ctime", int(st.st_ctime))
+                try:
+                    self.check_volume_access(None, item["volid"])
+                except ApiError:
+                    continue  # left out silently, as the real list does
+                out.append(item)
+        out.sort(key=lambda i: i["volid"].lower())
+        return out
+
+    def archive_info(self, fn):
+        """PVE::Storage::archive_info (ctime from the name, in local time)."""
+        m = BACKUP_FILE_RE.match(os.path.basename(fn))
+        if not m:
+            return {}
+        gtype, extension, comp = m.group(2), m.group(3), m.group(4)
+        info = {"type": gtype, "format": extension.split(".")[0], "compression": comp, "filename": m.group(1)}
+        s = re.match(rf"^(vzdump-{gtype}-([1-9][0-9]{{2,8}})-(\d{{4}})_(\d{{2}})_(\d{{2}})-(\d{{2}})_(\d{{2}})_(\d{{2}}))\.{re.escape(extension)}$",
+                     os.path.basename(fn))
+        if s:
+            y, mo, d, h, mi, se = (int(x) for x in s.groups()[2:])
+            info["ctime"] = int(time.mktime((y, mo, d, h, mi, se, 0, 0, -1)))
+            info["vmid"] = int(s.group(2))
+            info["logfilename"] = s.group(1) + ".log"
+            info["notesfilename"] = m.group(1) + ".notes"
+        return info
+
+    def volume_info(self, node, sid, volume, query):
+        """GET /nodes/{node}/storage/{storage}/content/{volume}."""
+        self.storage_path_param(sid)
+        errors = validate(query, {})
+        if errors:
+            raise ApiError(400, PARAM_FAILED, errors)
+        self.node_check(node)
+        volid, sid = self.real_volume_id(sid, volume)
+        self.check_volume_access(None, volid)
+        path, owner, vtype = self.volume_path(volid, node)
+        if not os.path.exists(path):  # file_size_info warns, returns undef
+            raise ApiError(500, f"volume_size_info on '{volid}' failed - no format")
+        st = os.stat(path)
+        if st.st_size == 0:
+            raise ApiError(500, f"volume '{volid}' has size zero")
+        out = {"path": path, "size": st.st_size, "used": st.st_blocks * 512, "format": "raw"}
+        if vtype == "backup":
+            notes = ""
+            if os.path.isfile(path + ".notes"):
+                with open(path + ".notes", encoding="utf-8", errors="replace") as f:
+                    notes = f.read()
+            out["notes"] = notes
+            out["protected"] = 1 if os.path.exists(path + ".protected") else 0
+        return out
+
+    def volume_delete(self, node, sid, volume, params, user):
+        """DELETE /nodes/{node}/storage/{storage}/content/{volume} -> UPID (imgdel)."""
+        self.storage_path_param(sid)
+        errors = validate(params, {"delay": {"type": "integer", "minimum": 1, "maximum": 30}})
+        if errors:
+            raise ApiError(400, PARAM_FAILED, errors)
+        self.node_check(node)
+        volid, sid = self.real_volume_id(sid, volume)
+        path, owner, vtype = self.volume_path(volid, node)
+        if vtype == "backup" and owner:
+            self.check_path(f"/storage/{sid}", "Datastore.AllocateSpace")
+            self.check(owner, "VM.Backup")
+        else:
+            self.check_path(f"/storage/{sid}", "Datastore.Allocate")
+        if vtype != "backup":
+            raise ApiError(501, "pve-simulator: deleting non-backup volumes is not modelled")
+        task = self.open_task(node, "imgdel", f"{owner}@{sid}" if owner is not None else sid, user)
+        volname = volid.split(":", 1)[1]
+
+        def worker():
+            self.storage_check_enabled(sid, node)
+            rec = {"volid": volid, "path": path, "upid": task["upid"], "existed": os.path.exists(path)}
+            if os.path.exists(path + ".protected"):
+                self.end_task(task, f"cannot remove protected volume '{volname}' on '{sid}'")
+                rec["result"] = task["exitstatus"]
+            else:
+                if not os.path.isfile(path):
+                    self.tlog(task, f"disk image '{path}' does not exist")  # a plain warn()
+                else:
+                    os.unlink(path)
+                self.tlog(task, f"Removed volume '{volid}'")
+                info = self.archive_info(path)
+                for k in ("logfilename", "notesfilename"):
+                    aux = os.path.join(os.path.dirname(path), info[k]) if info.get(k) else None
+                    if aux and os.path.exists(aux):
+                        os.unlink(aux)
+                for a in self.archives:
+                    if a["path"] == path and not a.get("deleted_by") and not a.get("replaced_by"):
+                        a["deleted_by"] = task["upid"]
+                self.end_task(task, "OK")
+                rec["result"] = "OK"
+            self.archives_deleted.append(rec)
+
+        def run():
+            try:
+                worker()
+            except ApiError as e:
+                self.end_task(task, e.message)
+        self.schedule(task["start"] + self.delete_seconds, run)
+        self.count_in_flight()
+        if params.get("delay"):
+            return Deferred(task["upid"], int(params["delay"]))
+        return task["upid"]
+
     def task_status(self, node, upid):
         if self.status_blips > 0:
             self.status_blips -= 1
@@ -521,6 +1493,8 @@ def make_handler(sim):
                         data = self.route(method, parts, query, body)
                     finally:
                         sim.write_stats()
+                if isinstance(data, Deferred):
+                    data = self.wait_for(data)
                 if isinstance(data, tuple):
                     self.answer(200, "OK", {"data": data[0], "total": data[1]})
                 else:
@@ -530,6 +1504,24 @@ def make_handler(sim):
                 if e.errors:
                     out["errors"] = e.errors
                 self.answer(e.status, e.message, out)
+
+        def wait_for(self, d):
+            """`delay`: wait up to d.delay s for the task; null if it ended well,
+            its status as an error if not, else its UPID (Content.pm delete)."""
+            deadline = time.time() + d.delay
+            while True:
+                with sim.lock:
+                    if sim.advance():
+                        sim.write_stats()
+                    t = sim.tasks[d.upid]
+                    if not sim.running(t):
+                        st = t["exitstatus"]
+                        if st == "OK" or st.startswith("WARNINGS: "):
+                            return None
+                        raise ApiError(500, st)
+                if time.time() >= deadline:
+                    return d.upid
+                time.sleep(0.05)
 
         def route(self, method, parts, query, body):
             if parts[:2] != ["api2", "json"]:
@@ -558,6 +1550,18 @@ def make_handler(sim):
                             return sim.create_snapshot(node, gtype, vmid, body, user)
                         if len(p) == 6 and method == "DELETE":
                             return sim.delete_snapshot(node, gtype, vmid, p[5], body, user)
+                if p[2] == "vzdump" and len(p) == 3 and method == "POST":
+                    return sim.vzdump(node, body, user)
+                if p[2] == "storage":
+                    if len(p) == 3 and method == "GET":
+                        return sim.node_storages(node, query)
+                    if len(p) >= 5 and p[4] == "content":
+                        if len(p) == 5 and method == "GET":
+                            return sim.list_content(node, p[3], query)
+                        if len(p) == 6 and method == "GET":
+                            return sim.volume_info(node, p[3], p[5], query)
+                        if len(p) == 6 and method == "DELETE":
+                            return sim.volume_delete(node, p[3], p[5], body, user)
                 if p[2] == "tasks" and len(p) == 5 and method == "GET":
                     if p[4] == "status":
                         return sim.task_status(node, p[3])
