@@ -86,6 +86,7 @@ CONTENT_TYPES = ("images", "rootdir", "vztmpl", "iso", "backup", "snippets", "im
 PATH_STORAGE_TYPES = ("dir", "nfs", "cifs", "cephfs", "btrfs")
 # vzdump --compress -> archive extension (PVE::VZDump::compressor_info)
 COMPRESS_EXT = {"0": None, "1": "lzo", "lzo": "lzo", "gzip": "gz", "zstd": "zst"}
+DECOMPRESSOR = {"zst": "zstd -q -d -c", "gz": "zcat", "lzo": "lzop -d -c", "bz2": "bzip2 -d -c"}
 # The first bytes of the simulated archives, so `file` names their format.
 MAGIC = {"zst": b"\x28\xb5\x2f\xfd", "gz": b"\x1f\x8b\x08\x00", "lzo": b"\x89LZO\x00\r\n\x1a\n",
          "bz2": b"BZh9", "vma": b"VMA\x00"}
@@ -112,6 +113,34 @@ VZDUMP_SCHEMA = {
     "protected": {"type": "boolean", "requires": "storage"},
     "pbs-change-detection-mode": {"enum": ["legacy", "data", "metadata"]},
     "job-id": {}, "stdout": {"type": "boolean"},
+}
+# POST /nodes/{node}/qemu with `archive` (qemu-server API2/Qemu.pm create_vm); of the
+# VM config keys only these few are accepted as overrides.
+QEMU_RESTORE_SCHEMA = {
+    "vmid": {"type": "integer", "format": "pve-vmid", "optional": False},
+    "archive": {"maxLength": 255}, "storage": {"format": "pve-storage-id"},
+    "force": {"type": "boolean", "requires": "archive"},
+    "unique": {"type": "boolean", "requires": "archive"},
+    "live-restore": {"type": "boolean"}, "pool": {},
+    "bwlimit": {"type": "integer", "minimum": 0}, "start": {"type": "boolean"},
+    "ha-managed": {"type": "boolean"}, "import-working-storage": {"format": "pve-storage-id"},
+    "name": {}, "description": {"maxLength": 8192}, "memory": {}, "onboot": {"type": "boolean"},
+    "cores": {"type": "integer", "minimum": 1}, "sockets": {"type": "integer", "minimum": 1},
+    "tags": {},
+}
+# POST /nodes/{node}/lxc (pve-container API2/LXC.pm create_vm), likewise.
+LXC_RESTORE_SCHEMA = {
+    "vmid": {"type": "integer", "format": "pve-vmid", "optional": False},
+    "ostemplate": {"maxLength": 255, "optional": False}, "password": {"minLength": 5},
+    "storage": {"format": "pve-storage-id"}, "force": {"type": "boolean"},
+    "restore": {"type": "boolean"}, "unique": {"type": "boolean", "requires": "restore"},
+    "pool": {}, "ignore-unpack-errors": {"type": "boolean"}, "ssh-public-keys": {},
+    "bwlimit": {"type": "number", "minimum": 0}, "start": {"type": "boolean"},
+    "ha-managed": {"type": "boolean"},
+    "hostname": {}, "description": {"maxLength": 8192}, "memory": {"type": "integer", "minimum": 16},
+    "swap": {"type": "integer", "minimum": 0}, "cores": {"type": "integer", "minimum": 1},
+    "onboot": {"type": "boolean"}, "tags": {}, "unprivileged": {"type": "boolean"},
+    "rootfs": {},
 }
 
 
@@ -348,6 +377,7 @@ class Sim:
         self.vzdump_stats = {"started": 0, "finished": 0, "ok": 0, "warnings": 0, "failed": 0}
         self.archives = []
         self.archives_deleted = []
+        self.restores = []
         for g in sorted(self.guests.values(), key=lambda g: g["vmid"]):
             if g.get("backup_running_seconds") is not None:
                 self.scheduled_backup(g)
@@ -375,6 +405,7 @@ class Sim:
             "vzdump": self.vzdump_stats,
             "archives": self.archives,
             "archives_deleted": self.archives_deleted,
+            "restores": self.restores,
             "guests": {
                 str(vmid): {k: g.get(k) for k in ("node", "type", "name", "status", "lock", "template")}
                 for vmid, g in sorted(self.guests.items())
@@ -1426,6 +1457,235 @@ class Sim:
             return Deferred(task["upid"], int(params["delay"]))
         return task["upid"]
 
+    # ---- restore (qemu-server / pve-container create_vm) -----------------
+    def read_archive(self, path):
+        """The bytes a restore reads: their size, SHA-256 and the backup they are."""
+        h = hashlib.sha256()
+        n = 0
+        with open(path, "rb") as f:
+            while True:
+                b = f.read(1 << 20)
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+        digest = h.hexdigest()
+        src = next((a for a in reversed(self.archives) if a["sha256"] == digest and a["size"] == n), None)
+        return n, digest, src
+
+    def new_guest(self, vmid, gtype, node):
+        g = {"vmid": vmid, "type": gtype, "node": node, "name": f"VM {vmid}" if gtype == "qemu" else f"CT{vmid}",
+             "status": "stopped", "template": 0, "lock": "create", "snapshot_feature": True, "snapshots": {}}
+        self.guests[vmid] = g
+        return g
+
+    def restore(self, node, gtype, params, user):
+        """POST /nodes/{node}/qemu (archive) or /nodes/{node}/lxc (restore=1)."""
+        qemu = gtype == "qemu"
+        if qemu:
+            errors = validate(params, QEMU_RESTORE_SCHEMA, lambda k: re.match(r"^net\d+$", k))
+        else:
+            errors = validate(params, LXC_RESTORE_SCHEMA, lambda k: re.match(r"^(net|mp)\d+$", k))
+        if errors:
+            raise ApiError(400, PARAM_FAILED, errors)
+        self.node_check(node)
+        vmid = int(params["vmid"])
+        archive = params.get("archive") if qemu else params.get("ostemplate")
+        force = truthy(params.get("force"))
+        if qemu and not archive:
+            raise ApiError(501, "pve-simulator: creating a VM without 'archive' is not modelled (only restore is)")
+        if not qemu and not truthy(params.get("restore")):
+            raise ApiError(501, "pve-simulator: creating a container from a template is not modelled (only restore=1 is)")
+        for k in ("pool", "ha-managed"):
+            if params.get(k) and (k != "ha-managed" or truthy(params[k])):
+                raise ApiError(501, f"pve-simulator: parameter '{k}' is not modelled")
+        if any(re.match(r"^(rootfs|mp\d+)$", k) for k in params):
+            raise ApiError(501, "pve-simulator: restoring with explicit rootfs/mount points is not modelled")
+        existing = self.guests.get(vmid)
+        same = existing is not None and existing["node"] == node and existing["type"] == gtype
+        storage = params.get("storage")
+        if qemu:
+            if storage:
+                self.check_path(f"/storage/{storage}", "Datastore.AllocateSpace")
+            if truthy(params.get("start")):
+                self.check(vmid, "VM.PowerMgmt")
+            if not (self.has(vmid, "VM.Allocate") or (force and same and self.has(vmid, "VM.Backup"))):
+                raise ApiError(403, "Permission check failed")
+            if archive == "-":
+                raise ApiError(500, "pipe requires cli environment")
+            self.check_volume_access(vmid, archive, "backup")
+        else:
+            if not (same and force):
+                self.check_vmid_unused(vmid)
+            elif existing["status"] == "running":
+                raise ApiError(500, "can't overwrite running container")
+            if not (self.has(vmid, "VM.Allocate") or (force and same and self.has(vmid, "VM.Backup"))):
+                raise ApiError(403, "Permission check failed")
+            storage = storage or "local"
+            if archive == "-":
+                raise ApiError(500, "pipe requires cli environment")
+            self.check_volume_access(vmid, archive, "backup")
+            sc = self.storage_check_enabled(storage, node)
+            if "rootdir" not in sc["content"]:
+                raise ApiError(400, PARAM_FAILED, {"storage": f"storage '{storage}' does not support container directories"})
+            self.check_path(f"/storage/{storage}", "Datastore.AllocateSpace")
+        path = self.volume_path(archive, node)[0]
+        kind = "VM" if qemu else "CT"
+        emsg = f"unable to restore {kind} {vmid} -"
+        # create_and_lock_config($vmid, $force)
+        if existing is not None:
+            if not (force and same):
+                other = "VM" if existing["type"] == "qemu" else "CT"
+                raise ApiError(500, f"{emsg} {other} {vmid} already exists on node '{existing['node']}'")
+            if existing["lock"]:
+                raise ApiError(500, f"{emsg} {kind} is locked ({existing['lock']})")
+            existing["lock"] = "create"
+            g = existing
+        else:
+            g = self.new_guest(vmid, gtype, node)
+        task = self.open_task(node, "qmrestore" if qemu else "vzrestore", vmid, user)
+        rec = {"upid": task["upid"], "type": gtype, "vmid": vmid, "node": node, "archive": archive,
+               "path": path, "storage": storage, "size": None, "sha256": None, "source": None,
+               "exitstatus": None}
+        self.restores.append(rec)
+        body = self.qmrestore(task, g, rec, params, existing is not None) if qemu else \
+            self.vzrestore(task, g, rec, params, existing is not None)
+        self.spawn(task, body)
+        self.count_in_flight()
+        return task["upid"]
+
+    def check_vmid_unused(self, vmid):
+        """PVE::Cluster::check_vmid_unused."""
+        d = self.guests.get(vmid)
+        if d is not None:
+            kind = "VM" if d["type"] == "qemu" else "CT"
+            raise ApiError(500, f"{kind} {vmid} already exists on node '{d['node']}'")
+
+    def restore_done(self, task, rec, exitstatus):
+        self.end_task(task, exitstatus)
+        rec["exitstatus"] = exitstatus
+
+    def qmrestore(self, task, g, rec, params, existed):
+        """qemu-server's restore worker: restore_file_archive -> restore_vma_archive."""
+        vmid, node, path = g["vmid"], g["node"], rec["path"]
+        seconds = self.restore_seconds
+
+        def fail(err, restored=False):
+            g["lock"] = None  # remove_lock($vmid, 'create'); the config stays
+            self.tlog(task, "error after data was restored, VM disks should be OK but config may require adaptions. "
+                            f"VM {vmid} state is NOT cleaned up." if restored else
+                            "error before or during data restore, some or all disks were not completely restored. "
+                            f"VM {vmid} state is NOT cleaned up.")
+            self.restore_done(task, rec, err)
+
+        yield ("sleep", self.fail_seconds)
+        if existed and g["status"] == "running":
+            return fail(f"unable to restore VM {vmid} - vm is running")
+        if truthy(params.get("live-restore")):
+            return fail("live-restore is only compatible with backup images from a Proxmox Backup Server")
+        info = self.archive_info(path)
+        if not info:
+            return fail(f"ERROR: couldn't determine archive info from '{path}'")
+        if info["format"] == "tar":
+            return fail(f"ERROR: file '{path}' does not look like a QemuServer vzdump backup")
+        tmp = f"/var/tmp/vzdumptmp{self.pid}"
+        comp = info["compression"]
+        if comp:
+            shown = f"{DECOMPRESSOR[comp]} {path} | vma extract -v -r {tmp}.fifo - {tmp}"
+        else:
+            shown = f"vma extract -v -r {tmp}.fifo {path} {tmp}"
+        cmd = f"set -o pipefail && {shown}"
+        self.tlog(task, f"restore vma archive: {shown}")
+        if not os.path.isfile(path):
+            self.tlog(task, f"{(DECOMPRESSOR[comp] if comp else 'vma').split()[0]}: {path}: No such file or directory")
+            return fail(f"command '{cmd}' failed: exit code 1")
+        rec["size"], rec["sha256"], src = self.read_archive(path)
+        if src is None or src["type"] != "qemu":
+            self.tlog(task, "vma: restore failed - wrong vma extent header chksum")
+            return fail(f"command '{cmd}' failed: exit code 133")
+        rec["source"] = {"volid": src["volid"], "vmid": src["vmid"], "upid": src["upid"]}
+        target = rec["storage"] or src["disk_storage"]
+        sc = self.storages.get(target)
+        if sc is None:
+            return fail(f"storage '{target}' does not exist")
+        if "images" not in sc["content"]:
+            return fail(f"Content type 'images' is not available on storage '{target}'")
+        if not self.has_path(f"/storage/{target}", "Datastore.AllocateSpace"):
+            return fail(f"Permission check failed (/storage/{target}, Datastore.AllocateSpace)")
+        disk = 32 << 30
+        self.tlog(task, "CFG: size: 512 name: qemu-server.conf")
+        self.tlog(task, f"DEV: dev_id=1 size: {disk} devname: drive-scsi0")
+        self.tlog(task, "CTIME: " + time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(src["written_at"])))
+        if sc["type"] in PATH_STORAGE_TYPES:
+            vol = f"{target}:{vmid}/vm-{vmid}-disk-0.raw"
+            dev = os.path.join(self.storage_dir(target, node), "images", str(vmid), f"vm-{vmid}-disk-0.raw")
+        else:
+            vol = f"{target}:vm-{vmid}-disk-0"
+            dev = f"/dev/pve/vm-{vmid}-disk-0"
+            self.tlog(task, f'  Logical volume "vm-{vmid}-disk-0" created.')
+        self.tlog(task, f"new volume ID is '{vol}'")
+        self.tlog(task, f"map 'drive-scsi0' to '{dev}' (write zeros = 0)")
+        for step in range(1, 5):
+            yield ("sleep", seconds / 4)
+            self.tlog(task, f"progress {step * 25}% (read {disk * step // 4} bytes, duration {int(self.t() - task['start'])} sec)")
+        self.tlog(task, f"total bytes read {disk}, sparse bytes {disk - rec['size']} ({(disk - rec['size']) * 100 / disk:.2f}%)")
+        self.tlog(task, "space reduction due to 4K zero blocks 0.41%")
+        self.tlog(task, "rescan volumes...")
+        g.update(name=params.get("name") or src["name"], disk_storage=target, lock=None)
+        if src["template"]:
+            self.tlog(task, "Convert to template.")
+            g["template"] = 1
+        if truthy(params.get("start")) and not g["template"]:
+            self.tlog(task, "Execute autostart")
+            g["status"] = "running"
+        self.restore_done(task, rec, "OK")
+
+    def vzrestore(self, task, g, rec, params, existed):
+        """pve-container's create_vm worker with restore=1."""
+        vmid, node, path, archive = g["vmid"], g["node"], rec["path"], rec["archive"]
+        destroy_on_error = not existed
+
+        def fail(err):
+            if destroy_on_error:
+                if self.guests.get(vmid) is g:
+                    del self.guests[vmid]  # destroy_config
+            else:
+                g["lock"] = None
+            self.restore_done(task, rec, f"unable to restore CT {vmid} - {err}")
+
+        yield ("sleep", self.fail_seconds)
+        if g["status"] == "running":
+            return fail("can't overwrite running container")
+        self.tlog(task, f"recovering backed-up configuration from '{archive}'")
+        if not os.path.isfile(path):
+            return fail(f"ERROR: file '{path}' does not exist")
+        rec["size"], rec["sha256"], src = self.read_archive(path)
+        if src is None or src["type"] != "lxc":
+            return fail("ERROR: archive contains no configuration file")
+        rec["source"] = {"volid": src["volid"], "vmid": src["vmid"], "upid": src["upid"]}
+        destroy_on_error = True
+        target = rec["storage"]
+        if self.storages[target]["type"] in PATH_STORAGE_TYPES:
+            self.tlog(task, "Formatting '%s', fmt=raw size=8589934592 preallocation=off"
+                      % os.path.join(self.storage_dir(target, node), "images", str(vmid), f"vm-{vmid}-disk-0.raw"))
+        else:
+            self.tlog(task, f'  Logical volume "vm-{vmid}-disk-0" created.')
+        self.tlog(task, "Creating filesystem with 2097152 4k blocks and 524288 inodes")
+        yield ("sleep", self.restore_seconds / 2)
+        self.tlog(task, f"restoring '{archive}' now..")
+        self.tlog(task, f"extracting archive '{path}'")
+        yield ("sleep", self.restore_seconds / 2)
+        secs = max(self.restore_seconds, 0.001)
+        self.tlog(task, f"Total bytes read: {rec['size']} ({rec['size'] / 1048576:.1f}MiB, {rec['size'] / 1048576 / secs:.1f}MiB/s)")
+        self.tlog(task, "merging backed-up and given configuration..")
+        g.update(name=params.get("hostname") or src["name"], disk_storage=target, lock=None)
+        if src["template"]:
+            self.tlog(task, "Convert restored container to template...")
+            g["template"] = 1
+        if truthy(params.get("start")) and not g["template"]:
+            g["status"] = "running"
+        self.restore_done(task, rec, "OK")
+
     def task_status(self, node, upid):
         if self.status_blips > 0:
             self.status_blips -= 1
@@ -1538,6 +1798,8 @@ def make_handler(sim):
                     gtype = p[2]
                     if len(p) == 3 and method == "GET":
                         return sim.node_guests(node, gtype)
+                    if len(p) == 3 and method == "POST":
+                        return sim.restore(node, gtype, body, user)
                     if len(p) >= 5 and p[4] == "snapshot":
                         try:
                             vmid = int(p[3])
