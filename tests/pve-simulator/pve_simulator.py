@@ -1,44 +1,209 @@
 #!/usr/bin/env python3
 """A Proxmox VE API test double (a SIMULATOR, not Proxmox VE).
 
-Answers the documented /api2/json endpoints a snapshot tool uses, with the
-shapes of pve-manager / qemu-server / pve-container / pve-guest-common:
+Answers the /api2/json endpoints cloudnx-agent's `snapshot` and `vm-backup`
+jobs use, with the shapes, error texts, task UPIDs, task logs and locks of
+the upstream code (see SOURCES below):
 
   GET    /nodes                                  node index
-  GET    /cluster/resources?type=vm              guests of the cluster (node, vmid, type, template, status)
-  GET    /nodes/{node}/{qemu|lxc}                guests of one node
+  GET    /cluster/resources?type=vm              guests (id, type, vmid, node, name, status, template, lock)
+  GET    /nodes/{node}/{qemu|lxc}                guests of one node (vmid, name, status, template, lock)
   GET    /nodes/{node}/{type}/{vmid}/snapshot    snapshot list, ending with the `current` entry
   POST   /nodes/{node}/{type}/{vmid}/snapshot    snapname, vmstate (boolean), description -> UPID
   DELETE /nodes/{node}/{type}/{vmid}/snapshot/{snapname}                           -> UPID
+  POST   /nodes/{node}/vzdump                    vmid (a list) | all [exclude], storage, mode,
+                                                 compress, notes-template, protected, lockwait,
+                                                 remove, … -> UPID of a `vzdump` task
+  GET    /nodes/{node}/storage                   storages on the node: storage, type, content, …
+  GET    /nodes/{node}/storage/{storage}/content [content, vmid] -> volid, format, size, ctime,
+                                                 content, subtype, vmid, notes, protected
+  GET    /nodes/{node}/storage/{storage}/content/{volume}  path, size, used, format, notes, protected
+  DELETE /nodes/{node}/storage/{storage}/content/{volume}  [delay] -> UPID of an `imgdel` task
+  POST   /nodes/{node}/qemu                      vmid, archive, storage, unique, force, start
+                                                 -> UPID of a `qmrestore` task
+  POST   /nodes/{node}/lxc                       vmid, ostemplate, restore=1, storage, unique,
+                                                 force, start -> UPID of a `vzrestore` task
   GET    /nodes/{node}/tasks/{upid}/status       status running|stopped, exitstatus
-  GET    /nodes/{node}/tasks/{upid}/log          [{n, t}], total
+  GET    /nodes/{node}/tasks/{upid}/log          [{n, t}], total (the lines so far while running)
 
 Every answer is a JSON object with `data`; errors carry the message in the
-HTTP reason phrase and in `message`, parameter errors in `errors` (HTTP 400).
+HTTP reason phrase and in `message`, parameter errors in `errors` (HTTP 400,
+"Parameter verification failed.", the texts of PVE::JSONSchema). Failures
+inside an API call are HTTP 500 with the upstream `die` text; a call or a
+parameter this simulator does not model answers 501 "pve-simulator: …".
 Authentication is `Authorization: PVEAPIToken=USER@REALM!TOKENID=SECRET`
-(401 otherwise). Privileges are checked per /vms/{vmid} (403 "Permission
-check failed (/vms/ID, PRIV)"); guests without VM.Audit are silently left out
-of lists, as the real API does. Like qemu-server, snapshot create and delete
-run as tasks: a lock ("VM is locked (backup)"), "snapshot name 'x' already
-used", "snapshot feature is not available" and "needed by replication" come
-back as HTTP 200 + a UPID whose task fails with that exit status.
+(401 otherwise); a token is never `root@pam`, so root-only options are
+always refused. Privileges come from the scenario's ACL (403 "Permission
+check failed (PATH, PRIV)", or "(PATH, A|B)" for any-of checks); guests
+without VM.Audit and backups the token may not see are silently left out of
+lists. Tasks end with the last log line `TASK OK`, `TASK WARNINGS: n` or
+`TASK ERROR: msg` and that exitstatus (`OK`, `WARNINGS: n`, `msg`); a vzdump
+worker that exits without one reports "unexpected status".
+
+Snapshots (qemu-server, pve-container, PVE::AbstractConfig): create and
+delete run as tasks: a lock ("VM is locked (backup)"), "snapshot name 'x'
+already used", "snapshot feature is not available" and "needed by
+replication" come back as HTTP 200 + a UPID whose task fails that way.
+
+Backups (pve-manager PVE/API2/VZDump.pm, PVE/VZDump.pm; pve-guest-common
+PVE/VZDump/Common.pm, Plugin.pm; qemu-server / pve-container PVE/VZDump/*):
+  * before the task: parameter schema (compress 0|1|gzip|lzo|zstd, mode
+    snapshot|suspend|stop, vmid list, notes-template syntax and `requires
+    storage`, …); `stdout` -> 400 "option is only allowed on the command line
+    interface."; tmpdir/dumpdir/script/job-id -> 400 "Only root may set this
+    option."; bwlimit/ionice -> Sys.Modify on /; Datastore.AllocateSpace on
+    /storage/{storage} (storage defaults to `local`); guests that are all on
+    other nodes -> data "OK" and no task.
+  * in the task (type `vzdump`, id = the VMID when one local guest): a storage
+    that does not exist or lacks content `backup` fails it ("could not get
+    storage information for 'S': can't use storage 'S' for backups - wrong
+    content type"); then vzdump's node-wide lock (/var/run/vzdump.lock):
+    tasks on a node run one after another ("INFO: trying to get global lock
+    - waiting...", "INFO: got global lock"; lockwait=0 on a busy node:
+    "ERROR: can't acquire lock ... (wait = 0)", status "unexpected status");
+    VM.Backup on each guest (missing: the task fails "Permission check
+    failed (/vms/N, VM.Backup)"; with `all` the guest is skipped).
+  * per guest, the log lines vzdump writes ("INFO: starting new backup job:
+    vzdump 101 --compress zstd …", "INFO: Starting Backup of VM 101 (qemu)",
+    "INFO: status = running", "INFO: backup mode: snapshot", "INFO: creating
+    vzdump archive '<path>'", progress, "INFO: archive file size: 3MB",
+    "INFO: Finished Backup of VM 101 (00:00:02)", "INFO: Backup job finished
+    successfully"); the guest holds lock `backup` meanwhile (a snapshot then
+    fails "VM is locked (backup)"); a guest already locked fails with
+    "ERROR: Backup of VM 101 failed - VM is locked (X)" and the job ends
+    "job errors"; an unknown VMID: "unable to find VM '999'"; a stopped
+    guest or template is backed up in mode stop; mode stop stops and
+    restarts a running guest (status `stopped` meanwhile).
+  * the archive is a real file {storage path}/dump/vzdump-{qemu|lxc}-{vmid}-
+    {YYYY_MM_DD-HH_MM_SS}.{vma|tar}[.lzo|.gz|.zst] (the task's start, local
+    time, to the second), written as `….dat` beside a `….tmp` directory and
+    renamed at the end; a second backup of the guest within the same second
+    gets the same name and replaces the first (rename(), as vzdump does).
+    Its bytes: the format's magic, then a pseudo-random stream seeded by
+    (archive_seed, vmid, the guest's backup number): deterministic, and
+    different for every backup. `….log` (the guest's log) and, with
+    notes-template / protected, `….notes` / `….protected` are written too.
+    A failing guest leaves no archive (the .dat is removed), only its .log.
+
+Storage content (pve-storage PVE/API2/Storage/Content.pm, PVE/Storage.pm,
+Plugin.pm, DirPlugin.pm): only `backup` content of directory storages is
+listed (from the dump directory, so files put there by a client show up
+too), sorted by volid, filtered by check_volume_access (Datastore.Allocate,
+or Datastore.AllocateSpace + VM.Backup on the owner); the list needs
+Datastore.Audit or Datastore.AllocateSpace. `{volume}` is a URL-encoded volid
+("local%3Abackup%2Fvzdump-…") or a volume name ("backup%2Fvzdump-…"); a
+storage mismatch is 400, an unparsable name 500 "unable to parse directory
+volume name …", a missing file 500 "volume_size_info on 'V' failed - no
+format"; info's `format` is "raw" (qemu-img info of an archive). DELETE
+checks Datastore.AllocateSpace + VM.Backup on the owner (else
+Datastore.Allocate) and answers the UPID of an `imgdel` task (id
+"{vmid}@{storage}") that removes the archive with its .log and .notes
+("Removed volume 'V'"; already gone: "disk image 'P' does not exist" and
+still OK; protected: "cannot remove protected volume 'backup/F' on 'S'").
+`delay` (1-30 s) waits for it and answers null, or its error as HTTP 500.
+
+Restore (qemu-server PVE/API2/Qemu.pm create_vm, PVE/QemuServer.pm
+restore_vma_archive; pve-container PVE/API2/LXC.pm create_vm, LXC/Create.pm;
+pve-cluster check_vmid_unused): the archive must be a volid (a path: 500
+"Only root can pass arbitrary filesystem paths. …"; "-": "pipe requires cli
+environment") the token may read; VM.Allocate on /vms/{vmid}, or with
+`force` over an existing guest of this node just VM.Backup, else 403
+"Permission check failed". An existing VMID: qemu 500 "unable to restore VM
+101 - VM 101 already exists on node 'pve1'" (or "… - CT 101 …"), lxc 500
+"CT 101 already exists on node 'pve1'". lxc `storage` (default local) needs
+content rootdir (400 "storage 'local' does not support container
+directories"), qemu's target storage content images (the task fails
+"Content type 'images' is not available on storage 'local'"). The guest
+exists at once, locked `create`; the task (`qmrestore` / `vzrestore`) reads
+the whole archive and records its size and SHA-256 in the statistics. Bytes
+this simulator never wrote as a backup of that guest type fail like a
+corrupt archive (qemu: "command 'set -o pipefail && zstd … | vma extract …'
+failed: exit code 133"; lxc: "unable to restore CT N - ERROR: archive
+contains no configuration file"); a missing file fails too. On success the
+guest takes the backed-up name and template flag, stopped (running with
+start=1). A failed qmrestore leaves the config behind unlocked ("VM N state
+is NOT cleaned up."); a failed vzrestore of a new CT removes it.
+
+NOT modelled (501, or as noted): vzdump pool/stop/fleecing/performance/
+exclude-path, pruning (prune-backups other than keep-all=1; `remove` is
+accepted and ignored), PBS and other backup providers, stdout/dumpdir (always
+refused: no root@pam); the timeout of lockwait is real minutes; storage
+content other than `backup` (lists are empty), allocating or deleting disk
+images, disk usage beyond the file system's numbers; restoring from a pipe,
+pool, ha-managed, rootfs/mp overrides, most VM/CT config keys (only name,
+description, memory, cores, sockets, onboot, tags, netN, hostname, swap,
+unprivileged are accepted), restore over a guest of another node or type
+(refused as "already exists"), live-restore (fails as upstream for non-PBS
+archives); task stop (DELETE …/tasks/{upid}), the task list, cluster
+notifications. Archives are generated under the simulator lock (about
+150 MB/s): keep them to tens of MiB. Message texts with a Perl source line
+("… line 651.") are as of the commits below.
+
+SOURCES (git.proxmox.com, as mirrored at github.com/proxmox, read at):
+  pve-manager 14a22df3 (2026-08-21)   PVE/API2/VZDump.pm, PVE/VZDump.pm, PVE/API2/Backup.pm,
+                                      PVE/API2Tools.pm, PVE/API2/Cluster.pm (resources: lock)
+  pve-guest-common 4a8f6cb (2025-07)  src/PVE/VZDump/Common.pm, VZDump/Plugin.pm, AbstractConfig.pm
+  qemu-server e6352be6 (2026-08-17)   src/PVE/API2/Qemu.pm, QemuServer.pm, VZDump/QemuServer.pm
+  pve-container 94f5585 (2026-06-16)  src/PVE/API2/LXC.pm, LXC/Create.pm, VZDump/LXC.pm
+  pve-storage 0c56bad (2026-07-24)    src/PVE/API2/Storage/Content.pm, Storage.pm, Storage/Plugin.pm,
+                                      Storage/DirPlugin.pm
+  pve-common f665029 (2026-08-04)     src/PVE/JSONSchema.pm, RESTEnvironment.pm, UPID.pm,
+                                      Exception.pm, ParseUtils.pm
+  pve-access-control 5ccd07d          src/PVE/RPCEnvironment.pm (check, check_any)
+  pve-cluster 7091d92                 src/PVE/Cluster.pm (check_vmid_unused)
+  and the API viewer (pve.proxmox.com/pve-docs/api-viewer, generated from
+  those schemas) and vzdump(1).
 
 Usage: pve_simulator.py --scenario FILE --cert PEM --key PEM --stats FILE [--port 0]
 Prints "LISTENING <port>" on stdout once it accepts connections. The
-statistics file (JSON, rewritten atomically after every change) records the
-maximum number of tasks in flight, every task and every request.
+statistics file (JSON, rewritten atomically after every change) records:
+  max_in_flight, in_flight, tasks [{upid, node, type, vmid, user, exitstatus,
+  start, end}], requests, created/deleted/snapshots (snapshot calls),
+  vzdump {started, finished, ok, warnings, failed},
+  archives [{volid, path, node, storage, vmid, type, name, upid, backup_number,
+            size, sha256, written_at, replaced, replaced_by?, deleted_by?}],
+  archives_deleted [{volid, path, upid, existed, result}],
+  restores [{upid, type, vmid, node, archive, path, storage, size, sha256,
+            source {volid, vmid, upid} | null, exitstatus}],
+  guests {vmid: {node, type, name, status, lock, template}}.
 
 Scenario (JSON):
   node, nodes[]                 the node the agent asks about; all cluster nodes
   token {id, secret}            the one API token that authenticates
-  privileges {"*"|vmid: [..]}   privileges per /vms/{vmid} (default VM.Audit + VM.Snapshot)
+  privileges {key: [..]}        ACL: key "*" or a VMID for /vms/{vmid}; or a path
+                                ("/storage", "/storage/local", "/", "/vms") that
+                                also covers paths below it. Default: "*" VM.Audit,
+                                VM.Snapshot, VM.Backup, VM.Allocate; "/storage"
+                                Datastore.Audit, Datastore.AllocateSpace
   task_seconds, fail_seconds    how long successful / refused tasks run
+  vzdump_seconds                how long vzdump takes per guest (0.5)
+  backup_size_bytes             archive size (262144)
+  restore_seconds               how long a restore runs (task_seconds)
+  delete_seconds                how long an imgdel task runs (0.05)
+  archive_seed                  varies every archive's bytes ("pve-sim")
+  cluster_name                  {{cluster}} in notes ("standalone node" for one node)
+  storages {id: {type, path, content[], nodes[], shared, disable}}
+                                storage.cfg; type dir (has `path`, "{node}" in it
+                                is replaced, archives in {path}/dump) or lvmthin,
+                                zfspool, … (no files). Default: `local` dir with
+                                backup,iso,vztmpl at <dir of --stats>/pve-sim-storage/
+                                {node}/local and `local-lvm` lvmthin with images,rootdir.
+                                A path without {node} is one directory for all nodes
+                                (as a shared storage).
   status_blips                  the first N task-status requests answer 503
   guests[]: vmid, type (qemu|lxc), node, name, status, template,
-            lock ("backup", …; forever unless one of:)
+            lock ("backup", "snapshot", …: a stale lock, kept forever unless one of:)
             lock_until_seconds (after simulator start),
-            lock_seconds_after_first_attempt (after the first snapshot attempt hit it),
-            snapshot_feature (false: "snapshot feature is not available"),
+            lock_seconds_after_first_attempt (after the first snapshot or vzdump attempt hit it),
+            backup_running_seconds (a scheduled vzdump of this guest, by root@pam, is running
+                                    at start for N s: guest lock `backup` and the node's vzdump
+                                    lock, then its archive is there),
+            backup_seconds, backup_size_bytes (this guest's vzdump duration and archive size),
+            backup_warnings [texts] (WARN: lines; the job ends "WARNINGS: n"),
+            backup_error (this guest's backup fails half-way with this text: "job errors"),
+            disk_storage (where its disk lives, "local-lvm"; the default restore target),
+            snapshot_feature (false: "snapshot feature is not available"; for a CT
+                              vzdump in snapshot mode falls back to suspend),
             freeze_warning (task ends "WARNINGS: 1" with this log line),
             create_error (the create task fails with this text),
             replicated_snapshots [names] (delete refused: needed by replication),

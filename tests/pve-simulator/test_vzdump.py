@@ -700,6 +700,28 @@ class RestorePermissionsTest(SimCase):
         self.assertEqual(self.sim.wait(upid), "OK")
 
 
+class ExampleScenarioTest(unittest.TestCase):
+    """tests/pve-simulator/vm-backup-scenario.json does what its names say."""
+
+    def test_each_guest_gets_its_documented_outcome(self):
+        with open(os.path.join(HERE, "vm-backup-scenario.json")) as f:
+            scenario = json.load(f)
+        scenario["token"] = {"id": TOKEN, "secret": SECRET}
+        sim = Sim(scenario)
+        self.addCleanup(sim.close)
+        scheduled = sim.stats()["tasks"][0]["upid"]
+        upids = {vmid: sim.vzdump(vmid) for vmid in (100, 101, 103, 104, 105, 106)}
+        self.assertEqual(sim.vzdump(200), "OK")
+        want = {100: "OK", 101: "OK", 103: "WARNINGS: 1", 104: "job errors", 105: "job errors", 106: "OK"}
+        self.assertEqual({vmid: sim.wait(u) for vmid, u in upids.items()}, want)
+        self.assertEqual(sim.wait(scheduled), "OK")
+        self.assertIn("ERROR: Backup of VM 105 failed - CT is locked (backup)", sim.log(upids[105]))
+        self.assertIn("INFO: trying to get global lock - waiting...", sim.log(upids[100]),
+                      "queued behind 102's scheduled backup")
+        sizes = {e["vmid"]: e["size"] for e in sim.content(content="backup")}
+        self.assertEqual(sizes, {100: 3145728, 101: 1048576, 102: 1048576, 103: 1048576, 106: 1048576})
+
+
 class SnapshotsStillWorkTest(SimCase):
     def test_snapshot_create_and_delete(self):
         upid = self.sim.ok("POST", "/nodes/pve1/qemu/101/snapshot", {"snapname": "before"})
