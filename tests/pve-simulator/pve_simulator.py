@@ -211,7 +211,7 @@ Scenario (JSON):
             snapshots[]: name ("{stamp}" = its UTC time), description,
                          snaptime | age_days, snapstate, parent
 
-Python 3 standard library only.
+Python 3.9+ (random.randbytes), standard library only.
 """
 
 import argparse
