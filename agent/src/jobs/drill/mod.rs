@@ -77,8 +77,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .config
         .destination(&dest_name)
         .with_context(|| format!("destination {dest_name:?} is not defined in [[destinations]]"))?;
-    let dest =
-        store::open(dest_cfg, 1).with_context(|| format!("opening destination {dest_name}"))?;
+    let dest = store::open(dest_cfg, 1, &ctx.cancel)
+        .with_context(|| format!("opening destination {dest_name}"))?;
     let prefix = cfg
         .source_host_id
         .clone()
@@ -178,7 +178,7 @@ async fn drill(
     let mut manifests: Vec<(String, Manifest)> = Vec::new();
     for (db, stamp) in &chosen {
         let mkey = manifest::manifest_key(prefix, db, stamp);
-        let m: Manifest = serde_json::from_slice(&dest.get(&mkey).await?)
+        let m: Manifest = serde_json::from_slice(&dest.get(&mkey, store::MANIFEST_LIMIT).await?)
             .with_context(|| format!("parsing {mkey}"))?;
         manifests.push((stamp.clone(), m));
     }
