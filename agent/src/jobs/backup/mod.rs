@@ -19,7 +19,7 @@ use crate::config::BackupConfig;
 use crate::crypto::Recipients;
 use crate::metrics::MetricsUpdate;
 use crate::pg::{self, ConnInfo, ServerVersion};
-use crate::store::{self, Cause, Deleted, Destination};
+use crate::store::{self, Cause, Deleted, Destination, StoreResult};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use manifest::{Content, Manifest};
@@ -177,7 +177,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             errors.push(format!("{}: {e}", r.database));
         }
         for d in &r.dests {
-            if let (None, Some(e)) = (&r.error, &d.error) {
+            if let Some(e) = &d.error {
                 errors.push(format!("{} to {}: {e}", r.database, d.name));
             }
         }
@@ -401,6 +401,20 @@ impl Env<'_> {
         if let Some(s) = snapshot {
             if let Err(e) = s.finish().await {
                 tracing::warn!(database = %db, "{e:#}");
+            }
+        }
+        let uploaded: Vec<StoreResult<u64>> = uploaded;
+        if streamed.is_err() {
+            // The stream sees only closed channels ("every destination
+            // failed"); each destination's own failure says why (EROFS and
+            // the path, the server's refusal). Uploads that merely saw the
+            // stream end or the job cancelled add nothing.
+            for (res, up) in r.dests.iter_mut().zip(&uploaded) {
+                if let Err(e) = up {
+                    if !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) {
+                        res.error = Some(e.to_string());
+                    }
+                }
             }
         }
         let streamed = streamed?;
