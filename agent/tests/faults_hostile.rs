@@ -121,45 +121,39 @@ fn a_server_that_pages_forever_with_the_same_token_fails_the_backup_naming_the_e
     assert!(asked <= 3, "{asked} list requests for one listing");
 }
 
-#[test]
-fn sigterm_ends_a_backup_whose_server_pages_forever_with_fresh_tokens() {
-    let (_rig, _moto, proxy, cfg) = setup();
-    proxy.fault(S3Op::ListObjects, 1, usize::MAX, Fault::FreshTokenForever);
-    let child = spawn(&cfg, &["backup"]);
+/// Start a backup, wait until the proxy injected `injected` faults, SIGTERM
+/// it: it must exit 1 within the bound, saying it was cancelled. Its output.
+fn backup_stopped_by_sigterm(proxy: &S3FaultProxy, cfg: &Path, injected: usize) -> String {
+    let child = spawn(cfg, &["backup"]);
     assert!(
-        proxy.wait_injected(3, 120),
-        "the backup never reached its listing"
+        proxy.wait_injected(injected, 120),
+        "the backup never met the fault"
     );
     sigterm(&child);
     let out = finish_within(child, SIGTERM_BOUND_SECS).unwrap_or_else(|| {
         panic!(
-            "SIGTERM did not end the backup within {SIGTERM_BOUND_SECS} s ({} list requests)",
-            proxy.requests(S3Op::ListObjects)
+            "SIGTERM did not end the backup within {SIGTERM_BOUND_SECS} s ({} faults injected)",
+            proxy.injected()
         )
     });
     let text = support::text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cancelled"), "{text}");
+    text
+}
+
+#[test]
+fn sigterm_ends_a_backup_whose_server_pages_forever_with_fresh_tokens() {
+    let (_rig, _moto, proxy, cfg) = setup();
+    proxy.fault(S3Op::ListObjects, 1, usize::MAX, Fault::FreshTokenForever);
+    backup_stopped_by_sigterm(&proxy, &cfg, 3);
 }
 
 #[test]
 fn sigterm_ends_a_backup_blocked_on_a_server_that_never_answers_and_the_next_run_works() {
     let (rig, moto, proxy, cfg) = setup();
     proxy.fault(S3Op::Any, 1, usize::MAX, Fault::NeverAnswer);
-    let child = spawn(&cfg, &["backup"]);
-    assert!(
-        proxy.wait_injected(1, 60),
-        "the backup never asked the server anything"
-    );
-    sigterm(&child);
-    let out = finish_within(child, SIGTERM_BOUND_SECS).unwrap_or_else(|| {
-        panic!(
-            "SIGTERM did not end a backup blocked on a silent server within {SIGTERM_BOUND_SECS} s"
-        )
-    });
-    let text = support::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("cancelled"), "{text}");
+    backup_stopped_by_sigterm(&proxy, &cfg, 1);
     assert!(
         support::faults::s3_complete_stamps(&moto).is_empty(),
         "nothing on S3 looks complete"

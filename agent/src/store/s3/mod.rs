@@ -247,6 +247,43 @@ impl S3Store {
         })
     }
 
+    /// Every page of a listing (step `step`, document `root`): the `base`
+    /// query, plus `resume(token)` after the first page; `take` keeps a
+    /// page's entries and says whether it is truncated and where the next
+    /// page starts. Bounded by [`Paging`]; cancellation is checked between
+    /// pages as well as during each.
+    async fn paged<T: serde::de::DeserializeOwned>(
+        &self,
+        step: &str,
+        root: &str,
+        base: &[(&str, &str)],
+        resume: fn(&str) -> Vec<(&'static str, String)>,
+        mut take: impl FnMut(T) -> (bool, Option<String>),
+    ) -> StoreResult<()> {
+        let mut paging = Paging::new(MAX_LIST_PAGES);
+        let mut token: Option<String> = None;
+        loop {
+            if self.t.is_cancelled() {
+                return Err(Cause::Cancelled.during(step));
+            }
+            let extra = token.as_deref().map(resume).unwrap_or_default();
+            let mut q = base.to_vec();
+            q.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+            let (_, page) = self
+                .document::<T>(&Request::new(Method::GET, "", &q), &[root])
+                .await
+                .map_err(|c| c.during(step))?;
+            let (truncated, next) = take(page);
+            match paging
+                .next(truncated, next)
+                .map_err(|d| self.t.malformed(d).during(step))?
+            {
+                Some(t) => token = Some(t),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// HEAD: the answer's headers, None if the key is absent.
     async fn head(&self, key: &str) -> StoreResult<Option<HeaderMap>> {
         match self.t.send(&Request::new(Method::HEAD, key, &[])).await {
@@ -458,37 +495,22 @@ impl Destination for S3Store {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<ObjectInfo>>> {
         Box::pin(async move {
-            let step = || format!("listing {prefix}");
             let mut out = Vec::new();
-            let mut paging = Paging::new(MAX_LIST_PAGES);
-            let mut token: Option<String> = None;
-            loop {
-                if self.t.is_cancelled() {
-                    return Err(Cause::Cancelled.during(step()));
-                }
-                let mut q = vec![("list-type", "2"), ("prefix", prefix)];
-                if let Some(t) = &token {
-                    q.push(("continuation-token", t));
-                }
-                let (_, page) = self
-                    .document::<xml::ListBucketResult>(
-                        &Request::new(Method::GET, "", &q),
-                        &["ListBucketResult"],
-                    )
-                    .await
-                    .map_err(|c| c.during(step()))?;
-                out.extend(page.contents.into_iter().map(|o| ObjectInfo {
-                    key: o.key,
-                    size: o.size,
-                }));
-                match paging
-                    .next(page.is_truncated, page.next_continuation_token)
-                    .map_err(|d| self.t.malformed(d).during(step()))?
-                {
-                    Some(t) => token = Some(t),
-                    None => return Ok(out),
-                }
-            }
+            self.paged(
+                &format!("listing {prefix}"),
+                "ListBucketResult",
+                &[("list-type", "2"), ("prefix", prefix)],
+                |token| vec![("continuation-token", token.to_owned())],
+                |page: xml::ListBucketResult| {
+                    out.extend(page.contents.into_iter().map(|o| ObjectInfo {
+                        key: o.key,
+                        size: o.size,
+                    }));
+                    (page.is_truncated, page.next_continuation_token)
+                },
+            )
+            .await?;
+            Ok(out)
         })
     }
 
@@ -497,40 +519,29 @@ impl Destination for S3Store {
         prefix: &'a str,
     ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         Box::pin(async move {
-            let step = || format!("listing unfinished multipart uploads under {prefix}");
             let mut open = Vec::new();
-            let mut paging = Paging::new(MAX_LIST_PAGES);
-            let mut marker: Option<(String, String)> = None;
-            loop {
-                if self.t.is_cancelled() {
-                    return Err(Cause::Cancelled.during(step()));
-                }
-                let mut q = vec![("uploads", ""), ("prefix", prefix)];
-                if let Some((k, u)) = &marker {
-                    q.push(("key-marker", k));
-                    q.push(("upload-id-marker", u));
-                }
-                let (_, page) = self
-                    .document::<xml::ListMultipartUploadsResult>(
-                        &Request::new(Method::GET, "", &q),
-                        &["ListMultipartUploadsResult"],
-                    )
-                    .await
-                    .map_err(|c| c.during(step()))?;
-                open.extend(page.upload);
-                let next = page.next_key_marker.map(|k| {
-                    let u = page.next_upload_id_marker.unwrap_or_default();
-                    (k, u)
-                });
-                let token = next.as_ref().map(|(k, u)| format!("{k}\n{u}"));
-                match paging
-                    .next(page.is_truncated, token)
-                    .map_err(|d| self.t.malformed(d).during(step()))?
-                {
-                    Some(_) => marker = next,
-                    None => break,
-                }
-            }
+            // The next page starts at a key and an upload id; NUL, which XML
+            // text cannot hold, joins them into one token.
+            self.paged(
+                &format!("listing unfinished multipart uploads under {prefix}"),
+                "ListMultipartUploadsResult",
+                &[("uploads", ""), ("prefix", prefix)],
+                |token| {
+                    let (key, id) = token.split_once('\0').unwrap_or((token, ""));
+                    vec![
+                        ("key-marker", key.to_owned()),
+                        ("upload-id-marker", id.to_owned()),
+                    ]
+                },
+                |page: xml::ListMultipartUploadsResult| {
+                    open.extend(page.upload);
+                    let next = page.next_key_marker.map(|key| {
+                        format!("{key}\0{}", page.next_upload_id_marker.unwrap_or_default())
+                    });
+                    (page.is_truncated, next)
+                },
+            )
+            .await?;
             let mut aborted = Vec::new();
             for u in open {
                 let q = [("uploadId", u.upload_id.as_str())];
