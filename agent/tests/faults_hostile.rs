@@ -96,6 +96,23 @@ fn agent_with_peak_rss(cfg: &Path, args: &[&str], rss_file: &Path) -> (Output, u
     (out, rss)
 }
 
+/// The backup failed (exit 1) on the S3 listing of its retention step,
+/// naming the endpoint: that error line.
+fn listing_failure(out: &Output, proxy: &S3FaultProxy) -> String {
+    let text = support::text(out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let error = text
+        .lines()
+        .find(|l| l.contains("retention of app on s3"))
+        .unwrap_or_else(|| panic!("the listing failure is named: {text}"))
+        .to_owned();
+    assert!(
+        error.contains(&proxy.endpoint()),
+        "names the endpoint: {error}"
+    );
+    error
+}
+
 #[test]
 fn a_server_that_pages_forever_with_the_same_token_fails_the_backup_naming_the_endpoint() {
     let (_rig, _moto, proxy, cfg) = setup();
@@ -106,16 +123,7 @@ fn a_server_that_pages_forever_with_the_same_token_fails_the_backup_naming_the_e
             proxy.requests(S3Op::ListObjects)
         )
     });
-    let text = support::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    let error = text
-        .lines()
-        .find(|l| l.contains("retention of app on s3"))
-        .unwrap_or_else(|| panic!("the listing failure is named: {text}"));
-    assert!(
-        error.contains(&proxy.endpoint()),
-        "names the endpoint: {error}"
-    );
+    let error = listing_failure(&out, &proxy);
     assert!(error.contains("continuation token"), "says why: {error}");
     let asked = proxy.requests(S3Op::ListObjects);
     assert!(asked <= 3, "{asked} list requests for one listing");
@@ -173,16 +181,7 @@ fn an_oversized_list_answer_fails_the_backup_naming_the_limit() {
     let (_rig, _moto, proxy, cfg) = setup();
     proxy.fault(S3Op::ListObjects, 1, usize::MAX, Fault::Oversized(HUGE));
     let out = finish_within(spawn(&cfg, &["backup"]), 120).expect("the backup ended");
-    let text = support::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    let error = text
-        .lines()
-        .find(|l| l.contains("retention of app on s3"))
-        .unwrap_or_else(|| panic!("the listing failure is named: {text}"));
-    assert!(
-        error.contains(&proxy.endpoint()),
-        "names the endpoint: {error}"
-    );
+    let error = listing_failure(&out, &proxy);
     assert!(
         error.contains("exceeds the limit of"),
         "names the limit: {error}"
