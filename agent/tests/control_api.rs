@@ -166,8 +166,16 @@ async fn api_serves_status_jobs_audit_and_reload_and_audits_every_post() {
         ("/v1/jobs/backup", "{not json", 400),
         ("/v1/jobs/backup", "{\"databses\": [\"app\"]}", 400),
         // A restore writes into a live database: only someone on the host starts it.
-        ("/v1/jobs/restore", "{\"restore\": {\"database\": \"app\", \"output\": \"/tmp/x\"}}", 403),
-        ("/v1/jobs/backup", "{\"restore\": {\"database\": \"app\"}}", 400),
+        (
+            "/v1/jobs/restore",
+            "{\"restore\": {\"database\": \"app\", \"output\": \"/tmp/x\"}}",
+            403,
+        ),
+        (
+            "/v1/jobs/backup",
+            "{\"restore\": {\"database\": \"app\"}}",
+            400,
+        ),
     ] {
         let r = http.post(url(&a, path)).body(body).send().await.unwrap();
         posts += 1;

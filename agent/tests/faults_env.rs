@@ -1,6 +1,6 @@
 //! Fault injection around the agent: PostgreSQL restarted mid-dump, the clock
-//! jumped forward and back around retention (libfaketime), and a read-only
-//! state directory. After each: the job's outcome is exact, nothing that looks
+//! jumped forward and back around retention (libfaketime), a read-only
+//! state directory and a read-only filesystem destination. After each: the job's outcome is exact, nothing that looks
 //! complete is partial, no good copy is lost, and the next run succeeds.
 
 mod support;
@@ -164,4 +164,40 @@ fn read_only_state_dir_fails_the_job_naming_the_path_and_writes_nothing() {
     assert_eq!(rig.assert_complete_backups_whole(), 2);
     rig.assert_audit_verifies(&cfg);
     assert_ne!(rig.prom(), before_prom);
+}
+
+#[test]
+fn read_only_filesystem_destination_fails_the_job_naming_the_path_and_erofs() {
+    let rig = Rig::new(2_000);
+    let cfg = rig.config(None, "");
+    let fs = rig.fs();
+    std::fs::create_dir_all(&fs).unwrap();
+    mount(&["-t", "tmpfs", "-o", "size=8m", "tmpfs"], &fs);
+    let _guard = Mount(fs.clone());
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let before = rig.fs_files();
+
+    mount(&["-o", "remount,ro"], &fs);
+    let out = support::agent(&cfg, &["backup"]);
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let error = text
+        .lines()
+        .find(|l| l.contains("app to local:"))
+        .unwrap_or_else(|| panic!("the error names the destination: {text}"));
+    assert!(
+        error.contains(&fs.display().to_string()),
+        "names the path: {error}"
+    );
+    assert!(
+        error.contains("Read-only file system"),
+        "names EROFS: {error}"
+    );
+    assert_eq!(rig.fs_files(), before, "nothing written");
+
+    mount(&["-o", "remount,rw"], &fs);
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert_eq!(rig.assert_complete_backups_whole(), 2);
 }

@@ -138,6 +138,7 @@ fn s3_faults_that_persist_fail_precisely_abort_the_upload_and_keep_the_last_good
             Fault::SlowDown => "SlowDown",
             Fault::DropMidBody => "unreachable",
             Fault::NotImplemented => "HTTP 501",
+            other => panic!("{other:?} is not a case of this test"),
         };
         assert!(
             error.contains(why),

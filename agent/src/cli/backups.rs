@@ -6,7 +6,6 @@
 use super::{load_or_report, EXIT_FAILED, EXIT_OK};
 use crate::jobs::backup::manifest;
 use crate::jobs::{catalog, retrieve};
-use crate::store;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -110,7 +109,7 @@ async fn on(
     prefix: &str,
     only: &[String],
 ) -> anyhow::Result<Vec<Listed>> {
-    let dest = store::open(d, 1)?;
+    let dest = d.open(1, &tokio_util::sync::CancellationToken::new())?;
     let dir = manifest::postgres_dir(prefix);
     let keys: Vec<String> = dest.list(&dir).await?.into_iter().map(|o| o.key).collect();
     let mut out = Vec::new();

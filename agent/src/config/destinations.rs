@@ -135,3 +135,41 @@ pub(super) fn build(
         kind: kind?,
     })
 }
+
+impl From<&S3Destination> for crate::store::s3::S3Settings {
+    fn from(d: &S3Destination) -> Self {
+        crate::store::s3::S3Settings {
+            endpoint: d.endpoint.clone(),
+            region: d.region.clone(),
+            bucket: d.bucket.clone(),
+            access_key_id_file: d.access_key_id_file.clone(),
+            secret_access_key_file: d.secret_access_key_file.clone(),
+            object_lock_days: d.object_lock_days,
+            path_style: d.path_style,
+        }
+    }
+}
+
+impl Destination {
+    /// Open this destination for a job. `max_in_flight` bounds concurrent
+    /// part uploads; every network wait ends with
+    /// [`crate::store::Cause::Cancelled`] once `cancel` fires (a filesystem
+    /// destination's calls are local and short).
+    pub fn open(
+        &self,
+        max_in_flight: usize,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> crate::store::StoreResult<std::sync::Arc<dyn crate::store::Destination>> {
+        Ok(match &self.kind {
+            DestinationKind::Filesystem { path } => {
+                std::sync::Arc::new(crate::store::fs::FsStore::new(&self.name, path))
+            }
+            DestinationKind::S3(s) => std::sync::Arc::new(crate::store::s3::S3Store::new(
+                &self.name,
+                &s.into(),
+                max_in_flight,
+                cancel.clone(),
+            )?),
+        })
+    }
+}

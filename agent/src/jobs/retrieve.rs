@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The largest manifest read (real ones are a few KiB; a hostile or broken
-/// destination must not make the agent buffer gigabytes).
-pub const MAX_MANIFEST: usize = 1 << 20;
+/// destination must not make the agent buffer gigabytes): the store's cap.
+pub const MAX_MANIFEST: u64 = crate::store::MANIFEST_LIMIT;
 
 /// What the object and its plaintext must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,9 +102,9 @@ pub enum FetchError {
 
 /// Read and parse a manifest, refusing one larger than [`MAX_MANIFEST`].
 pub async fn read_manifest(dest: &dyn Destination, key: &str) -> anyhow::Result<Manifest> {
-    let bytes = dest.get(key).await?;
+    let bytes = dest.get(key, MAX_MANIFEST).await?;
     anyhow::ensure!(
-        bytes.len() <= MAX_MANIFEST,
+        bytes.len() as u64 <= MAX_MANIFEST,
         "{key} on {} is {} bytes, more than any manifest ({MAX_MANIFEST}): refusing it",
         dest.name(),
         bytes.len()
@@ -138,7 +138,7 @@ pub async fn fetch_decrypt(
         tokio::join!(fetch, decrypt_stream(secret_key, rx, out, progress.clone()));
     let (size, sha256) = fetched.map_err(|source| FetchError::Download {
         key: key.to_owned(),
-        source,
+        source: source.into(),
     })?;
     if size != want.size || sha256 != want.sha256 {
         return Err(FetchError::ObjectMismatch {

@@ -6,18 +6,27 @@
 //! an object (a filesystem object appears by rename; an S3 object by completing
 //! its multipart upload), confirming sizes, listing and deleting.
 //!
+//! Every step reports a [`StoreError`]: the step for humans, a [`Cause`] for
+//! callers to act on. Every answer read is bounded ([`Destination::get`]
+//! takes a limit; S3 answers and listings have their own), and a destination
+//! opened for a job ends its waits when the job is cancelled.
+//!
 //! Must never: decide *what* to delete (retention is a pure function in
 //! `jobs::backup::retention`), hold a whole object in memory, or leave a failed
 //! upload looking like an object (temp files are removed, multipart uploads aborted).
 
+mod error;
 pub mod fs;
 pub mod s3;
 
-use crate::config::{Destination as DestConfig, DestinationKind};
+pub use error::{Cause, StoreError, StoreResult};
+
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// The most [`Destination::get`] reads for a manifest (they are a few KiB).
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
 
 /// What the producer sends an upload: parts in order, then `End`. A channel
 /// that closes without `End` means the stream failed: the upload is discarded.
@@ -63,13 +72,14 @@ pub trait Destination: Send + Sync {
         &'a self,
         key: &'a str,
         parts: mpsc::Receiver<Feed>,
-    ) -> BoxFuture<'a, anyhow::Result<u64>>;
+    ) -> BoxFuture<'a, StoreResult<u64>>;
 
     /// Write a small object (a manifest) atomically.
-    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>>;
 
-    /// Read a small object (a manifest).
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Bytes>>;
+    /// Read a small object (a manifest) of at most `limit` bytes; a larger
+    /// one is [`Cause::TooLarge`] and is not read beyond the limit.
+    fn get<'a>(&'a self, key: &'a str, limit: u64) -> BoxFuture<'a, StoreResult<Bytes>>;
 
     /// Stream an object into `to` (a file or a pipe's write end, closed when
     /// done); returns its size and SHA-256 (hex), computed while the bytes pass.
@@ -77,20 +87,20 @@ pub trait Destination: Send + Sync {
         &'a self,
         key: &'a str,
         to: std::fs::File,
-    ) -> BoxFuture<'a, anyhow::Result<(u64, String)>>;
+    ) -> BoxFuture<'a, StoreResult<(u64, String)>>;
 
     /// The size of an object, None if absent.
-    fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<u64>>>;
+    fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<u64>>>;
 
     /// Every object under `prefix` (a `/`-terminated key prefix).
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, anyhow::Result<Vec<ObjectInfo>>>;
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<ObjectInfo>>>;
 
     /// Delete one object.
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<Deleted>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Deleted>>;
 
     /// When the object's Object Lock retention ends (RFC 3339), if it is
     /// locked; None where the store has no locks.
-    fn locked_until<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, anyhow::Result<Option<String>>> {
+    fn locked_until<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>> {
         Box::pin(async { Ok(None) })
     }
 
@@ -98,18 +108,11 @@ pub trait Destination: Send + Sync {
     /// aborted (the agent was killed mid-upload); returns their keys. Only
     /// called while the backup lock is held, so none of them is still live.
     /// A filesystem destination has none: its temp files are listed objects.
+    /// A server that cannot list them answers [`Cause::Unsupported`].
     fn abort_stale_uploads<'a>(
         &'a self,
         _prefix: &'a str,
-    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         Box::pin(async { Ok(Vec::new()) })
     }
-}
-
-/// Open a configured destination. `max_in_flight` bounds concurrent part uploads.
-pub fn open(cfg: &DestConfig, max_in_flight: usize) -> anyhow::Result<Arc<dyn Destination>> {
-    Ok(match &cfg.kind {
-        DestinationKind::Filesystem { path } => Arc::new(fs::FsStore::new(&cfg.name, path)),
-        DestinationKind::S3(s) => Arc::new(s3::S3Store::new(&cfg.name, s, max_in_flight)?),
-    })
 }

@@ -2,7 +2,8 @@
 //! PostgreSQL, GnuPG, a filesystem destination and optionally S3), an agent
 //! process that can be killed at a named fail point, and an S3 fault proxy that
 //! sits in front of moto and answers chosen requests with 500, 503 SlowDown or
-//! a dropped connection.
+//! a dropped connection, or plays a hostile server (issue #23): list pages
+//! forever, never answer, answer an oversized body.
 
 use super::gpg::Gpg;
 use super::postgres::Pg;
@@ -14,7 +15,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The S3 bucket every fault test writes to.
@@ -245,6 +246,12 @@ pub enum S3Op {
     Head,
     /// `GET /?uploads` (ListMultipartUploads).
     ListMultipartUploads,
+    /// `GET /?list-type=2…` (ListObjectsV2).
+    ListObjects,
+    /// `GET …/manifest.json`.
+    ManifestGet,
+    /// Every request (a rule only; requests are counted by their own kind).
+    Any,
 }
 
 /// How the proxy misbehaves on a matching request.
@@ -258,6 +265,18 @@ pub enum Fault {
     DropMidBody,
     /// `501 NotImplemented`, as S3-compatible servers answer an operation they lack.
     NotImplemented,
+    /// Hostile: a ListObjectsV2 page with `IsTruncated` true and the same
+    /// continuation token every time (a server that pages forever).
+    SameTokenForever,
+    /// Hostile: a ListObjectsV2 page with `IsTruncated` true and a fresh
+    /// continuation token every time (endless, but never repeating itself).
+    FreshTokenForever,
+    /// Hostile: read the whole request, then hold the connection open and
+    /// never answer.
+    NeverAnswer,
+    /// Hostile: `200 OK` with a body of this many bytes (an unterminated JSON
+    /// string; XML-looking text for a list).
+    Oversized(usize),
 }
 
 struct Rule {
@@ -271,7 +290,8 @@ struct ProxyState {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<(S3Op, usize)>>,
     counts: Mutex<std::collections::HashMap<String, usize>>,
-    faults_done: AtomicUsize,
+    faults_done: Mutex<usize>,
+    fault_seen: Condvar,
     live: AtomicUsize,
     stop: AtomicBool,
 }
@@ -297,7 +317,8 @@ impl S3FaultProxy {
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             counts: Mutex::new(Default::default()),
-            faults_done: AtomicUsize::new(0),
+            faults_done: Mutex::new(0),
+            fault_seen: Condvar::new(),
             live: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
@@ -338,7 +359,7 @@ impl S3FaultProxy {
             fault,
         }];
         self.state.counts.lock().unwrap().clear();
-        self.state.faults_done.store(0, Ordering::SeqCst);
+        *self.state.faults_done.lock().unwrap() = 0;
     }
 
     /// Forward everything again.
@@ -348,7 +369,41 @@ impl S3FaultProxy {
 
     /// How many faults were injected since the last [`Self::fault`].
     pub fn injected(&self) -> usize {
-        self.state.faults_done.load(Ordering::SeqCst)
+        *self.state.faults_done.lock().unwrap()
+    }
+
+    /// Wait (up to `secs`) until at least `n` faults were injected since the
+    /// last [`Self::fault`]; false if that did not happen in time.
+    pub fn wait_injected(&self, n: usize, secs: u64) -> bool {
+        let done = self.state.faults_done.lock().unwrap();
+        let (done, _) = self
+            .state
+            .fault_seen
+            .wait_timeout_while(done, Duration::from_secs(secs), |d| *d < n)
+            .unwrap();
+        *done >= n
+    }
+
+    /// How many requests of `op` arrived since the last [`Self::fault`].
+    pub fn requests(&self, op: S3Op) -> usize {
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .get(&format!("{op:?}"))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl ProxyState {
+    fn injected_count(&self) -> usize {
+        *self.faults_done.lock().unwrap()
+    }
+
+    fn injected_one(&self) {
+        *self.faults_done.lock().unwrap() += 1;
+        self.fault_seen.notify_all();
     }
 }
 
@@ -373,6 +428,8 @@ fn classify(method: &str, target: &str) -> Option<S3Op> {
         "PUT" if path.ends_with("/manifest.json") => Some(S3Op::ManifestPut),
         "HEAD" => Some(S3Op::Head),
         "GET" if has("uploads") => Some(S3Op::ListMultipartUploads),
+        "GET" if has("list-type") => Some(S3Op::ListObjects),
+        "GET" if path.ends_with("/manifest.json") => Some(S3Op::ManifestGet),
         _ => None,
     }
 }
@@ -386,6 +443,64 @@ fn error_xml(status: &str, code: &str, message: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// A ListObjectsV2 page of one key that says more follow under `token`.
+fn endless_page(token: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{BUCKET}</Name><Prefix></Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><Contents><Key>test-host/postgres/app/{token}</Key><Size>1</Size></Contents><NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `200 OK` with `size` bytes: an XML-looking start for a list, an
+/// unterminated JSON string otherwise, then padding, written in 64 KiB pieces.
+fn send_oversized(out: &mut TcpStream, target: &str, size: usize) -> std::io::Result<()> {
+    let start: &[u8] = if target.contains("list-type") {
+        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult><Name>"
+    } else {
+        b"{\"format\": \""
+    };
+    out.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    out.write_all(start)?;
+    let pad = vec![b'a'; 64 << 10];
+    let mut left = size.saturating_sub(start.len());
+    while left > 0 {
+        let k = left.min(pad.len());
+        out.write_all(&pad[..k])?;
+        left -= k;
+    }
+    out.flush()
+}
+
+/// Keep a connection open without answering until the client closes it or
+/// the proxy stops.
+fn hold_silently(reader: &mut BufReader<TcpStream>, st: &ProxyState) -> std::io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        if st.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+    }
 }
 
 /// One client connection: requests in sequence (keep-alive), each forwarded on
@@ -430,18 +545,45 @@ fn serve(client: TcpStream, upstream_port: u16, st: &ProxyState) -> std::io::Res
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|r| r.op == op && *n >= r.first && *n < r.first + r.count)
+                .find(|r| {
+                    (r.op == op || r.op == S3Op::Any) && *n >= r.first && *n - r.first < r.count
+                })
                 .map(|r| r.fault)
         });
         if fault == Some(Fault::DropMidBody) {
             let mut half = vec![0u8; len / 2];
             reader.read_exact(&mut half)?;
-            st.faults_done.fetch_add(1, Ordering::SeqCst);
+            st.injected_one();
             let _ = out.shutdown(Shutdown::Both);
             return Ok(());
         }
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
+        match fault {
+            Some(Fault::NeverAnswer) => {
+                st.injected_one();
+                return hold_silently(&mut reader, st);
+            }
+            Some(Fault::SameTokenForever | Fault::FreshTokenForever) => {
+                let n = st.injected_count();
+                let token = if fault == Some(Fault::SameTokenForever) {
+                    "same-token".to_owned()
+                } else {
+                    format!("token-{n}")
+                };
+                st.injected_one();
+                out.write_all(&endless_page(&token))?;
+                continue;
+            }
+            Some(Fault::Oversized(size)) => {
+                st.injected_one();
+                // The client may stop reading at its limit and close: fine.
+                let _ = send_oversized(&mut out, &target, size);
+                let _ = out.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            _ => {}
+        }
         // Faults answered with an S3 error document instead of forwarding.
         let canned = match fault {
             Some(Fault::InternalError) => Some((
@@ -462,7 +604,7 @@ fn serve(client: TcpStream, upstream_port: u16, st: &ProxyState) -> std::io::Res
             _ => None,
         };
         if let Some((status, code, message)) = canned {
-            st.faults_done.fetch_add(1, Ordering::SeqCst);
+            st.injected_one();
             out.write_all(&error_xml(status, code, message))?;
             continue;
         }

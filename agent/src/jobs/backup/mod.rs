@@ -19,7 +19,7 @@ use crate::crypto::Recipients;
 use crate::jobs::context::{JobContext, Outcome};
 use crate::metrics::{Family, MetricsUpdate};
 use crate::pg::{self, ConnInfo, ServerVersion};
-use crate::store::{self, Deleted, Destination};
+use crate::store::{Cause, Deleted, Destination, StoreResult};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use manifest::{Content, Manifest};
@@ -70,7 +70,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             .config
             .destination(name)
             .with_context(|| format!("destination {name:?} is not defined"))?;
-        let store = store::open(d, cfg.max_in_flight_parts as usize)
+        let store = d
+            .open(cfg.max_in_flight_parts as usize, &ctx.cancel)
             .with_context(|| format!("opening destination {name}"))?;
         dests.push(store);
     }
@@ -173,7 +174,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             errors.push(format!("{}: {e}", r.database));
         }
         for d in &r.dests {
-            if let (None, Some(e)) = (&r.error, &d.error) {
+            if let Some(e) = &d.error {
                 errors.push(format!("{} to {}: {e}", r.database, d.name));
             }
         }
@@ -308,8 +309,14 @@ impl Env<'_> {
                     manifest::object_key(p, segment, &stamp),
                     manifest::manifest_key(p, segment, &stamp),
                 ] {
-                    // An unreachable destination fails later, in its upload.
-                    taken |= matches!(d.size(&key).await, Ok(Some(_)));
+                    match d.size(&key).await {
+                        Ok(found) => taken |= found.is_some(),
+                        // The job ends; its uploads say so.
+                        Err(e) if e.is_cancelled() => return (started, stamp),
+                        // An unreachable destination fails later, in its
+                        // upload; asking it again now would only wait again.
+                        Err(_) => break,
+                    }
                 }
             }
             tries += 1;
@@ -391,6 +398,20 @@ impl Env<'_> {
                 tracing::warn!(database = %db, "{e:#}");
             }
         }
+        let uploaded: Vec<StoreResult<u64>> = uploaded;
+        if streamed.is_err() {
+            // The stream sees only closed channels ("every destination
+            // failed"); each destination's own failure says why (EROFS and
+            // the path, the server's refusal). Uploads that merely saw the
+            // stream end or the job cancelled add nothing.
+            for (res, up) in r.dests.iter_mut().zip(&uploaded) {
+                if let Err(e) = up {
+                    if !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) {
+                        res.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
         let streamed = streamed?;
         crate::fault_point!("backup::before_manifest");
         let finished = chrono::Utc::now();
@@ -456,7 +477,22 @@ impl Env<'_> {
         let mut log = Vec::new();
         // Multipart uploads a killed run left open cost storage and are
         // invisible to listing: abort them (this run's own are finished).
-        for key in dest.abort_stale_uploads(&dir).await? {
+        let stale = match dest.abort_stale_uploads(&dir).await {
+            Ok(keys) => keys,
+            // Some S3-compatible servers do not implement ListMultipartUploads
+            // (501). The clean-up is housekeeping: it must not fail a backup
+            // that succeeded. Say so, so the operator can set a bucket
+            // lifecycle rule (AbortIncompleteMultipartUpload) instead.
+            Err(e) if matches!(e.cause(), Cause::Unsupported { .. }) => {
+                tracing::warn!(
+                    destination = dest.name(),
+                    "this S3 server does not list unfinished multipart uploads ({e}); uploads a killed run left open are not aborted here: add a lifecycle rule AbortIncompleteMultipartUpload to the bucket"
+                );
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for key in stale {
             let detail = json!({
                 "destination": dest.name(), "database": database, "key": key,
                 "reason": "unfinished upload", "result": "aborted",

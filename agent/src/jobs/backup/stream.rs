@@ -243,6 +243,9 @@ pub async fn run(
     if cancel.is_cancelled() {
         bail!("{what}: cancelled (the agent is shutting down); the partial upload was discarded");
     }
+    // A failed encryption (every destination failed) killed the dump above:
+    // its status would only say SIGKILL.
+    enc_result.with_context(|| format!("streaming {what}"))?;
     if !status.success() {
         let why = if stderr_text.is_empty() {
             "no message".to_owned()
@@ -251,7 +254,6 @@ pub async fn run(
         };
         bail!("{program} for {what} failed ({status}): {why}");
     }
-    enc_result.with_context(|| format!("streaming {what}"))?;
 
     let PartWriter {
         senders, hash, n, ..

@@ -18,7 +18,7 @@ use crate::jobs::backup::manifest::{self, Manifest};
 use crate::jobs::context::{JobContext, Outcome};
 use crate::jobs::{catalog, retrieve};
 use crate::metrics::{Family, MetricsUpdate};
-use crate::store::{self, Destination};
+use crate::store::Destination;
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -74,8 +74,9 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .config
         .destination(&dest_name)
         .with_context(|| format!("destination {dest_name:?} is not defined in [[destinations]]"))?;
-    let dest =
-        store::open(dest_cfg, 1).with_context(|| format!("opening destination {dest_name}"))?;
+    let dest = dest_cfg
+        .open(1, &ctx.cancel)
+        .with_context(|| format!("opening destination {dest_name}"))?;
     let prefix = cfg
         .source_host_id
         .clone()

@@ -24,7 +24,7 @@ use crate::jobs::context::{JobContext, Outcome};
 use crate::jobs::kind::RestoreParams;
 use crate::jobs::{catalog, retrieve, workdir::Workdir};
 use crate::pg::{self, ConnInfo};
-use crate::store::{self, Destination};
+use crate::store::Destination;
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -86,8 +86,9 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     }
 
     ctx.progress.phase(format!("listing {dest_name}"), None);
-    let dest =
-        store::open(dest_cfg, 1).with_context(|| format!("opening destination {dest_name}"))?;
+    let dest = dest_cfg
+        .open(1, &ctx.cancel)
+        .with_context(|| format!("opening destination {dest_name}"))?;
     let chosen = choose(dest.as_ref(), &prefix, &p).await?;
     let m = retrieve::read_manifest(dest.as_ref(), &chosen.manifest_key(&prefix)).await?;
     anyhow::ensure!(
