@@ -91,7 +91,7 @@ fn without_test_modules(code: &str) -> String {
         let after = rest[i + "#[cfg(test)]".len()..].trim_start();
         let inline_mod = after
             .strip_prefix("mod ")
-            .and_then(|m| m.split_once(|c: char| c == '{' || c == ';'))
+            .and_then(|m| m.split_once(['{', ';']))
             .is_some_and(|(name, _)| {
                 let name = name.trim();
                 !name.is_empty()
