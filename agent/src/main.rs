@@ -68,9 +68,12 @@ enum Verb {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("into").required(true).args(["target", "output"])))]
 struct RestoreArgs {
-    /// The database (`_globals`: the cluster's roles and tablespaces, with --output).
-    #[arg(long, value_name = "NAME")]
-    database: String,
+    /// The database (with --output, `_globals` means --globals).
+    #[arg(long, value_name = "NAME", required_unless_present = "globals")]
+    database: Option<String>,
+    /// The cluster's roles and tablespaces (SQL, with --output) instead of a database.
+    #[arg(long, conflicts_with_all = ["database", "target"])]
+    globals: bool,
     /// Which backup: a stamp (YYYYMMDDTHHMMSSZ, see `backups list`) or `latest`.
     #[arg(long, value_name = "STAMP|latest", default_value = "latest")]
     backup: String,
@@ -179,7 +182,8 @@ fn main() -> ExitCode {
                     JobParams {
                         destination: a.destination,
                         restore: Some(RestoreParams {
-                            database: a.database,
+                            database: a.database.unwrap_or_else(|| "_globals".into()),
+                            globals: a.globals,
                             backup,
                             host: a.host,
                             key: a.key,

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 /// One listed backup (`--json` prints an array of these).
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
-    /// Real database name (`_globals`: the cluster's roles and tablespaces).
+    /// Real database name (`_globals` for the globals).
     pub database: String,
+    /// `database`, or `globals` (the cluster's roles and tablespaces).
+    pub content: crate::jobs::backup::manifest::Content,
     /// Destination name.
     pub destination: String,
     /// Host whose backup it is (its prefix on the destination).
@@ -121,6 +123,7 @@ async fn on(
         let key = manifest::object_key(prefix, &c.segment, &c.stamp);
         out.push(Listed {
             database: c.database,
+            content: c.content,
             destination: d.name.clone(),
             host_id: m.host_id,
             stamp: c.stamp,

@@ -39,8 +39,22 @@ fragment! {
         skip_row_counts: Vec<String> = (vec![]),
         /// Initial multipart part size; grows so a stream never needs 10 000 parts.
         part_size_mib: u32 = (8),
-        /// Parts in flight per destination (memory ≈ part size × in-flight × destinations).
+        /// Parts in flight per destination (memory ≈ part size × in-flight ×
+        /// destinations, per database dumped at once).
         max_in_flight_parts: u32 = (2),
+        /// Databases dumped at once, each through its own stream (default:
+        /// half the cores, at least 1).
+        parallel_databases: u32 = optional,
+    }
+}
+
+impl BackupConfig {
+    /// `parallel_databases`, or its default: half the cores, at least 1.
+    pub fn parallel(&self) -> usize {
+        self.parallel_databases.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            |n| usize::try_from(n).unwrap_or(1).max(1),
+        )
     }
 }
 
@@ -102,6 +116,7 @@ impl Rules for RawBackup {
         for (key, v) in [
             ("part_size_mib", &self.part_size_mib),
             ("max_in_flight_parts", &self.max_in_flight_parts),
+            ("parallel_databases", &self.parallel_databases),
         ] {
             if let Some(n) = v {
                 if *n.get_ref() == 0 {

@@ -128,8 +128,12 @@ pub struct JobParams {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreParams {
-    /// The database (`_globals`: the cluster's roles and tablespaces).
+    /// The database (with `output`, `_globals` is the cluster's roles and
+    /// tablespaces, as `globals`).
     pub database: String,
+    /// The cluster's roles and tablespaces (`pg_dumpall --globals-only`), not a database.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub globals: bool,
     /// A stamp (`YYYYMMDDTHHMMSSZ`); None = the newest complete backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,

@@ -22,6 +22,7 @@ use crate::pg::{self, ConnInfo, ServerVersion};
 use crate::store::{Cause, Deleted, Destination, StoreResult};
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use manifest::{Content, Manifest};
 use retention::{Found, Verdict};
 use serde_json::json;
@@ -112,12 +113,31 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     if cfg.globals && ctx.params.databases.is_empty() {
         results.push(env.backup_one(manifest::GLOBALS, Content::Globals).await);
     }
-    for db in &databases {
-        if ctx.cancel.is_cancelled() {
-            break;
-        }
-        results.push(env.backup_one(db, Content::Database).await);
-    }
+    // `parallel` databases at once, each through its own stream; results stay
+    // in the order of the databases, so manifests, retention, metrics and
+    // audit records come out in the same order whatever finished first.
+    let parallel = cfg.parallel();
+    ctx.progress.phase(
+        format!(
+            "dumping {} database(s), {parallel} at a time",
+            databases.len()
+        ),
+        None,
+    );
+    let env_ref = &env;
+    let dumped: Vec<Option<DbResult>> = futures_util::stream::iter(databases.iter().cloned())
+        .map(move |db: String| async move {
+            // Not started once the job is cancelled: nothing to clean up.
+            if env_ref.ctx.cancel.is_cancelled() {
+                None
+            } else {
+                Some(env_ref.backup_one(&db, Content::Database).await)
+            }
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    results.extend(dumped.into_iter().flatten());
 
     crate::fault_point!("backup::before_retention");
     // Retention and clean-up, per database and destination.
@@ -336,29 +356,17 @@ impl Env<'_> {
     ) -> anyhow::Result<()> {
         let db = r.database.clone();
         let count_rows = self.cfg.row_counts && !self.cfg.skip_row_counts.contains(&db);
-        let (snapshot, schema_sha256, row_counts, cmd, pg_dump_version) = match content {
+        let (snapshot, cmd, pg_dump_version) = match content {
             Content::Database => {
                 let client = self.conn.connect(Some(&db)).await?;
                 let snap = pg::Snapshot::export(client).await?;
-                let schema = pg::schema_sha256(snap.client()).await?;
-                let counts = if count_rows {
-                    Some(pg::row_counts(snap.client()).await?)
-                } else {
-                    None
-                };
                 let mut cmd = std::process::Command::new(pg::program(self.bin_dir, "pg_dump"));
                 cmd.arg("--format=custom")
                     .arg(format!("--compress={}", self.cfg.compression_level))
                     .arg(format!("--snapshot={}", snap.id))
                     .arg("--no-password");
                 cmd.envs(self.conn.libpq_env(Some(&db)));
-                (
-                    Some(snap),
-                    Some(schema),
-                    counts,
-                    cmd,
-                    self.dump_version.to_owned(),
-                )
+                (Some(snap), cmd, self.dump_version.to_owned())
             }
             Content::Globals => {
                 let prog = pg::program(self.bin_dir, "pg_dumpall");
@@ -366,8 +374,38 @@ impl Env<'_> {
                 let mut cmd = std::process::Command::new(prog);
                 cmd.arg("--globals-only").arg("--no-password");
                 cmd.envs(self.conn.libpq_env(None));
-                (None, None, None, cmd, v)
+                (None, cmd, v)
             }
+        };
+        // The schema fingerprint and the row counts are taken beside the
+        // dump, in the session that exported its snapshot (so exactly what
+        // pg_dump sees, rows written since included in neither), on a core
+        // the dump's compression leaves free. A failed count stops the dump.
+        let dump_cancel = self.ctx.cancel.child_token();
+        let facts = async {
+            let Some(snap) = &snapshot else {
+                return Ok((None, None));
+            };
+            let r = async {
+                let schema = pg::schema_sha256(snap.client()).await?;
+                // Fault tests make the counting fail here (FAILPOINTS=backup::row_counts=return).
+                #[cfg(feature = "failpoints")]
+                crate::util::fault_point_reached("backup::row_counts");
+                fail::fail_point!("backup::row_counts", |_| Err(anyhow::anyhow!(
+                    "fail point backup::row_counts"
+                )));
+                let counts = if count_rows {
+                    Some(pg::row_counts(snap.client()).await?)
+                } else {
+                    None
+                };
+                Ok::<_, anyhow::Error>((Some(schema), counts))
+            }
+            .await;
+            if r.is_err() {
+                dump_cancel.cancel();
+            }
+            r
         };
 
         // One channel per destination; a part is shared (not copied) between them.
@@ -382,16 +420,18 @@ impl Env<'_> {
         }
         let base = u64::from(self.cfg.part_size_mib) << 20;
         let what = format!("database {db}");
-        let (streamed, uploaded) = tokio::join!(
+        let (streamed, uploaded, facts) = tokio::join!(
             stream::run(
                 cmd,
                 &what,
                 self.recipients.clone(),
                 senders,
                 base,
-                &self.ctx.cancel
+                &dump_cancel,
+                &self.ctx.progress,
             ),
-            futures_util::future::join_all(uploads)
+            futures_util::future::join_all(uploads),
+            facts
         );
         if let Some(s) = snapshot {
             if let Err(e) = s.finish().await {
@@ -412,6 +452,9 @@ impl Env<'_> {
                 }
             }
         }
+        let (schema_sha256, row_counts) = facts.with_context(|| {
+            format!("taking the schema fingerprint and row counts of {db} in the dump's snapshot; no manifest written")
+        })?;
         let streamed = streamed?;
         crate::fault_point!("backup::before_manifest");
         let finished = chrono::Utc::now();

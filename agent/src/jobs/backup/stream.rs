@@ -9,6 +9,7 @@
 //! complete from a partial dump.
 
 use crate::crypto::Recipients;
+use crate::progress::Progress;
 use crate::store::Feed;
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
@@ -50,6 +51,7 @@ struct HashingReader<R> {
     inner: R,
     hash: Sha256,
     n: u64,
+    progress: Arc<Progress>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -57,6 +59,7 @@ impl<R: Read> Read for HashingReader<R> {
         let k = self.inner.read(buf)?;
         self.hash.update(&buf[..k]);
         self.n += k as u64;
+        self.progress.add(k as u64);
         Ok(k)
     }
 }
@@ -160,6 +163,7 @@ pub async fn run(
     senders: Vec<mpsc::Sender<Feed>>,
     base_part: u64,
     cancel: &CancellationToken,
+    progress: &Arc<Progress>,
 ) -> anyhow::Result<Streamed> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
@@ -209,11 +213,13 @@ pub async fn run(
         hash: Sha256::new(),
         n: 0,
     };
+    let progress = progress.clone();
     let encrypted = tokio::task::spawn_blocking(move || {
         let mut reader = HashingReader {
             inner: stdout,
             hash: Sha256::new(),
             n: 0,
+            progress,
         };
         let mut w = writer;
         let r = recipients.encrypt(&mut reader, &mut w).and_then(|()| {

@@ -213,7 +213,7 @@ fn target(cfg: &Config, p: &RestoreParams) -> anyhow::Result<Target> {
         }
         (None, Some(t)) => {
             anyhow::ensure!(
-                p.database != manifest::GLOBALS,
+                !p.globals,
                 "the globals (roles, tablespaces) are restored by hand: write them with \
                  --output FILE, review them, then `psql -f FILE`"
             );
@@ -247,6 +247,13 @@ fn target(cfg: &Config, p: &RestoreParams) -> anyhow::Result<Target> {
     }
 }
 
+/// Whether the cluster's globals are asked for: `--globals`, or (SPEC §9)
+/// `--database _globals` with `--output` — into a live server `_globals` can
+/// only be a database of that name, since globals are never restored there.
+fn wants_globals(p: &RestoreParams) -> bool {
+    p.globals || (p.database == manifest::GLOBALS && p.output.is_some())
+}
+
 /// The backup of `p.database` named by `p.backup` (a stamp, or the newest).
 async fn choose(
     dest: &dyn Destination,
@@ -255,7 +262,7 @@ async fn choose(
 ) -> anyhow::Result<catalog::Complete> {
     let dir = manifest::postgres_dir(prefix);
     let keys: Vec<String> = dest.list(&dir).await?.into_iter().map(|o| o.key).collect();
-    let want_content = if p.database == manifest::GLOBALS {
+    let want_content = if wants_globals(p) {
         Content::Globals
     } else {
         Content::Database
