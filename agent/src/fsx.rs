@@ -210,6 +210,214 @@ pub fn untrusted_dir(dir: &Path, uid: u32) -> Option<String> {
     None
 }
 
+/// A directory held open. Every name below it is resolved one component at a
+/// time with `openat(O_NOFOLLOW)`, so a symlink planted anywhere under it
+/// (by whoever else may write there) is refused, never followed, and the
+/// directory cannot be swapped for another by a rename of its path while it
+/// is in use. Only the directory itself is opened by path (a configured
+/// root may be a symlink the operator made).
+#[derive(Debug)]
+pub struct Dir {
+    fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+fn errno(e: nix::errno::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+/// One name, never a path: no `/`, not empty, not `.` or `..`.
+fn one_name(name: &str) -> std::io::Result<&str> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a single file name"),
+        ));
+    }
+    Ok(name)
+}
+
+impl Dir {
+    /// Open the directory at `path`.
+    pub fn open(path: &Path) -> std::io::Result<Dir> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(Dir {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Where it is (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The subdirectory `name` (never through a symlink).
+    pub fn open_dir(&self, name: &str) -> std::io::Result<Dir> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            one_name(name)?,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Create the subdirectory `name` with `mode`; false when it existed.
+    pub fn mkdir(&self, name: &str, mode: u32) -> std::io::Result<bool> {
+        match nix::sys::stat::mkdirat(
+            &self.fd,
+            one_name(name)?,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EEXIST) => Ok(false),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Walk down `names`, creating missing directories with `mode` when given.
+    pub fn walk(&self, names: &[&str], create: Option<u32>) -> std::io::Result<Dir> {
+        let mut d = self.open_dir_self()?;
+        for n in names {
+            if let Some(mode) = create {
+                d.mkdir(n, mode)?;
+            }
+            d = d.open_dir(n)?;
+        }
+        Ok(d)
+    }
+
+    fn open_dir_self(&self) -> std::io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Create the file `name` exclusively (never through a symlink) with
+    /// exactly `mode`, for writing.
+    pub fn create_new(&self, name: &str, mode: u32) -> std::io::Result<File> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            one_name(name)?,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+        )
+        .map_err(errno)?;
+        let f = File::from(fd);
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        Ok(f)
+    }
+
+    /// Open the file `name` for reading (never through a symlink).
+    pub fn open_file(&self, name: &str) -> std::io::Result<File> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            one_name(name)?,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(File::from(fd))
+    }
+
+    /// What `name` is, without following a symlink; None when absent.
+    pub fn stat(&self, name: &str) -> std::io::Result<Option<nix::sys::stat::FileStat>> {
+        match nix::sys::stat::fstatat(
+            &self.fd,
+            one_name(name)?,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(Some(st)),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Rename `from` to `to` within this directory (replacing `to`).
+    pub fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        nix::fcntl::renameat(&self.fd, one_name(from)?, &self.fd, one_name(to)?).map_err(errno)
+    }
+
+    /// Remove the file (or symlink) `name`; false when it was absent.
+    pub fn remove_file(&self, name: &str) -> std::io::Result<bool> {
+        match nix::unistd::unlinkat(
+            &self.fd,
+            one_name(name)?,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::ENOENT) => Ok(false),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Remove the empty subdirectory `name`.
+    pub fn remove_dir(&self, name: &str) -> std::io::Result<()> {
+        nix::unistd::unlinkat(
+            &self.fd,
+            one_name(name)?,
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )
+        .map_err(errno)
+    }
+
+    /// The entries (without `.` and `..`): name and whether each is a
+    /// directory, a regular file or something else (a symlink is "other").
+    pub fn entries(&self) -> std::io::Result<Vec<(String, Entry)>> {
+        let mut dir = nix::dir::Dir::from_fd(self.fd.try_clone()?).map_err(errno)?;
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(errno)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match self.stat(&name)? {
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Entry::Dir,
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    Entry::File(u64::try_from(st.st_size).unwrap_or(0))
+                }
+                Some(_) => Entry::Other,
+                None => continue,
+            };
+            out.push((name, kind));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// fsync the directory (entries created, renamed or removed in it survive a crash).
+    pub fn sync(&self) -> std::io::Result<()> {
+        nix::unistd::fsync(&self.fd).map_err(errno)
+    }
+}
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entry {
+    /// A directory.
+    Dir,
+    /// A regular file of this size.
+    File(u64),
+    /// A symlink, device, socket, fifo: never followed or read.
+    Other,
+}
+
 /// A temp file beside its destination that is removed unless committed.
 pub struct Staged {
     tmp: PathBuf,
@@ -453,6 +661,47 @@ mod tests {
                 .unwrap()
                 .contains("belongs to uid 65534"));
         }
+    }
+
+    #[test]
+    fn a_held_directory_refuses_symlinks_below_it() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        symlink(&outside, root.join("app")).unwrap();
+        std::fs::write(outside.join("x"), "outside").unwrap();
+        symlink(outside.join("x"), root.join("file-link")).unwrap();
+        let r = Dir::open(&root).unwrap();
+        assert!(r.walk(&["app", "20261202T000000Z"], Some(0o755)).is_err());
+        assert!(r.open_dir("app").is_err());
+        assert!(r.open_file("file-link").is_err());
+        assert!(r.create_new("file-link", 0o600).is_err());
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            1,
+            "nothing written outside"
+        );
+        let e = r.entries().unwrap();
+        assert_eq!(
+            e,
+            vec![
+                ("app".into(), Entry::Other),
+                ("file-link".into(), Entry::Other)
+            ]
+        );
+        // Real directories work, and names are single components.
+        let sub = r.walk(&["db", "stamp"], Some(0o755)).unwrap();
+        let mut f = sub.create_new("obj", 0o640).unwrap();
+        f.write_all(b"1234").unwrap();
+        assert_eq!(sub.entries().unwrap(), vec![("obj".into(), Entry::File(4))]);
+        assert!(sub.open_file("../obj").is_err());
+        assert!(sub.mkdir("x", 0o700).unwrap());
+        assert!(
+            !sub.mkdir("x", 0o700).unwrap(),
+            "a second mkdir says it existed"
+        );
     }
 
     #[test]

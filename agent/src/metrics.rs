@@ -79,6 +79,7 @@ families! {
     BackupLastSize = "cloudnx_backup_last_size_bytes", Gauge, ["database"], "Encrypted size of the last backup of this database.";
     BackupRetained = "cloudnx_backup_retained", Gauge, ["database", "destination"], "Complete backups of this database kept on this destination.";
     BackupLastDuration = "cloudnx_backup_last_duration_seconds", Gauge, ["database"], "Wall time of the last backup of this database.";
+    BackupSharedPrefix = "cloudnx_backup_shared_prefix", Gauge, ["destination"], "1 when another agent instance writes backups under this host's prefix on this destination (a copied configuration).";
     DrillLastRto = "cloudnx_restore_drill_last_rto_seconds", Gauge, [], "Recovery time of the last successful restore drill (download to checks done).";
     DrillLastPhase = "cloudnx_restore_drill_last_phase_seconds", Gauge, ["phase"], "Duration of each phase of the last restore drill.";
     DrillLastSuccess = "cloudnx_restore_drill_last_success_timestamp_seconds", Gauge, [], "When a restore drill last succeeded.";

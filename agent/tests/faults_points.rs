@@ -48,3 +48,25 @@ fn a_failed_row_count_fails_that_database_with_no_manifest_and_the_others_go_on(
         "{files:?}"
     );
 }
+
+#[test]
+fn sigterm_mid_upload_leaves_no_stamp_directory_behind() {
+    let rig = Rig::new(80_000);
+    // Uncompressed: the dump is two 5 MiB parts; the run stops after the first.
+    let cfg = rig.config(None, "compression_level = 0");
+    let mut run =
+        support::faults::Running::start(&cfg, &["backup"], "backup::after_part=sleep(60000)");
+    run.wait_for("fail point backup::after_part reached", 60);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(run.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = run.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let app = rig.fs().join("test-host/postgres/app");
+    let left: Vec<_> = std::fs::read_dir(&app)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

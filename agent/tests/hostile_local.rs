@@ -134,3 +134,22 @@ fn the_stale_drill_clean_up_removes_only_the_agents_own_directories() {
     assert_eq!(std::fs::read_to_string(ours.join("data")).unwrap(), "keep");
     assert!(std::fs::symlink_metadata(spool.join("drill-link")).is_ok());
 }
+
+#[test]
+fn a_symlink_inside_a_filesystem_destination_is_refused_not_followed() {
+    let rig = Rig::new(1000);
+    let cfg = rig.config(None, "");
+    let elsewhere = rig.scratch.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(rig.fs().join("test-host/postgres")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, rig.fs().join("test-host/postgres/app")).unwrap();
+    let out = agent(&cfg, &["backup"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("test-host/postgres/app"), "{t}");
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "a backup was written through the symlink"
+    );
+}

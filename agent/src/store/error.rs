@@ -32,6 +32,12 @@ impl std::error::Error for StoreError {}
 /// Why a destination step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
+    /// A conditional write found the object there already.
+    #[error("{key} exists already (another writer?)")]
+    Exists {
+        /// The key.
+        key: String,
+    },
     /// The object does not exist; `detail` is the server's or the OS's words.
     #[error("{detail}")]
     NotFound {
@@ -132,6 +138,11 @@ impl StoreError {
     /// What happened, for callers to act on.
     pub fn cause(&self) -> &Cause {
         &self.cause
+    }
+
+    /// What happened, owned (to report it from another step).
+    pub fn into_cause(self) -> Cause {
+        self.cause
     }
 
     /// The step that failed, for humans.

@@ -3,11 +3,15 @@
 //! and the directory fsynced, so a crash leaves either nothing or a whole file.
 //! Every failure names the path and the OS error (EROFS, ENOSPC, …).
 
-use super::{Cause, Deleted, Destination, Feed, ObjectInfo, StoreError, StoreResult};
+use super::{
+    Cause, Deleted, Destination, Feed, ObjectInfo, Reservation, StoreError, StoreResult, WRITER,
+};
+use crate::fsx::{Dir, Entry};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
 use tokio::sync::mpsc;
 
 /// A filesystem destination rooted at a directory.
@@ -54,78 +58,111 @@ impl FsStore {
         }
     }
 
-    fn path(&self, key: &str) -> StoreResult<PathBuf> {
-        if key
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
+    /// The components of `key`, all single names.
+    fn names<'k>(&self, key: &'k str) -> StoreResult<Vec<&'k str>> {
+        let names: Vec<&str> = key.trim_end_matches('/').split('/').collect();
+        if names
+            .iter()
+            .any(|c| c.is_empty() || *c == "." || *c == "..")
         {
             return Err(Cause::BadKey {
                 key: key.to_owned(),
             }
             .during(""));
         }
-        Ok(self.root.join(key))
+        Ok(names)
+    }
+
+    /// The root, held open (created, with its parents, when `create`).
+    fn root(&self, create: bool) -> StoreResult<Dir> {
+        if create {
+            std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
+        }
+        Dir::open(&self.root).map_err(io_existing("opening", &self.root))
+    }
+
+    /// The directory holding `key` and the object's name in it, walked down
+    /// from the root without following a symlink (a symlink inside a
+    /// destination is refused: it could redirect a backup anywhere).
+    fn parent<'k>(&self, key: &'k str, create: bool) -> StoreResult<(Dir, &'k str)> {
+        let names = self.names(key)?;
+        let (name, dirs) = names.split_last().unwrap_or((&"", &[]));
+        let root = self.root(create)?;
+        let dir = root
+            .walk(dirs, create.then_some(0o755))
+            .map_err(io_existing("opening", &self.root.join(dirs.join("/"))))?;
+        Ok((dir, name))
     }
 }
 
 /// A temp file that is removed unless committed.
 struct Pending {
-    tmp: PathBuf,
-    dest: PathBuf,
+    dir: Dir,
+    tmp: String,
+    name: String,
     file: Option<std::fs::File>,
 }
 
 impl Pending {
-    fn create(dest: &Path) -> StoreResult<Pending> {
-        // Keys are checked to have a name under the root.
-        let dir = dest.parent().unwrap_or(dest);
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let name = dest.file_name().unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            &crate::util::new_id()[..8]
-        ));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
+    fn create(dir: Dir, name: &str) -> StoreResult<Pending> {
+        let tmp = format!(".{name}.partial-{}", &crate::util::new_id()[..8]);
+        let file = dir
+            .create_new(&tmp, 0o644)
+            .map_err(io("creating", &dir.path().join(&tmp)))?;
         Ok(Pending {
+            dir,
             tmp,
-            dest: dest.to_owned(),
+            name: name.to_owned(),
             file: Some(file),
         })
     }
 
     fn write(&mut self, b: &[u8]) -> StoreResult<()> {
+        let path = self.dir.path().join(&self.tmp);
         match self.file.as_mut() {
-            Some(f) => f.write_all(b).map_err(io("writing", &self.tmp)),
+            Some(f) => f.write_all(b).map_err(io("writing", &path)),
             None => unreachable!("a Pending is consumed by commit"),
         }
     }
 
-    fn commit(mut self) -> StoreResult<()> {
+    /// fsync, then rename into place (`replace`) or link there only if
+    /// nothing is (`!replace`), then fsync the directory.
+    fn commit(mut self, replace: bool) -> StoreResult<()> {
         let Some(f) = self.file.take() else {
             unreachable!("a Pending is consumed by commit")
         };
-        f.sync_all().map_err(io("fsync of", &self.tmp))?;
+        let dest = self.dir.path().join(&self.name);
+        f.sync_all()
+            .map_err(io("fsync of", &self.dir.path().join(&self.tmp)))?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.dest).map_err(io("renaming into", &self.dest))?;
-        if let Some(dir) = self.dest.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync of directory", dir))?;
+        if replace {
+            self.dir
+                .rename(&self.tmp, &self.name)
+                .map_err(io("renaming into", &dest))?;
+        } else {
+            match std::fs::hard_link(self.dir.path().join(&self.tmp), &dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Cause::Exists {
+                        key: dest.display().to_string(),
+                    }
+                    .during(""))
+                }
+                Err(e) => return Err(io("linking into", &dest)(e)),
+            }
+            let _ = self.dir.remove_file(&self.tmp);
         }
-        self.tmp = PathBuf::new();
-        Ok(())
+        self.tmp = String::new();
+        self.dir
+            .sync()
+            .map_err(io("fsync of directory", self.dir.path()))
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+        if !self.tmp.is_empty() {
+            let _ = self.dir.remove_file(&self.tmp);
         }
     }
 }
@@ -139,6 +176,29 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(|e| e.within(step)),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// A regular file's size; a symlink or anything else is refused.
+fn regular(dir: &Dir, name: &str) -> StoreResult<Option<u64>> {
+    let path = dir.path().join(name);
+    match dir.stat(name).map_err(io("stat of", &path))? {
+        None => Ok(None),
+        Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+            Ok(Some(u64::try_from(st.st_size).unwrap_or(0)))
+        }
+        Some(_) => Err(io("opening", &path)(std::io::Error::other(
+            "not a regular file (a symlink inside a destination is never followed)",
+        ))),
+    }
+}
+
+impl FsStore {
+    fn write_small(&self, key: &str, body: &[u8], replace: bool) -> StoreResult<()> {
+        let (dir, name) = self.parent(key, true)?;
+        let mut p = Pending::create(dir, name)?;
+        p.write(body)?;
+        p.commit(replace)
     }
 }
 
@@ -158,8 +218,9 @@ impl Destination for FsStore {
     ) -> BoxFuture<'a, StoreResult<u64>> {
         Box::pin(async move {
             let step = || format!("writing {key}");
-            let dest = self.path(key).map_err(|e| e.within(step()))?;
-            let mut pending = blocking(step(), move || Pending::create(&dest)).await?;
+            let (dir, name) = self.parent(key, true).map_err(|e| e.within(step()))?;
+            let name = name.to_owned();
+            let mut pending = blocking(step(), move || Pending::create(dir, &name)).await?;
             let mut size = 0u64;
             loop {
                 match parts.recv().await {
@@ -175,25 +236,97 @@ impl Destination for FsStore {
                     None => return Err(Cause::Incomplete.during(step())),
                 }
             }
-            blocking(step(), move || pending.commit()).await?;
+            blocking(step(), move || pending.commit(true)).await?;
             Ok(size)
         })
     }
 
-    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>> {
-        let dest = self.path(key);
+    fn reserve<'a>(
+        &'a self,
+        dir: &'a str,
+        writer: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Reservation>> {
+        let (this, dir, writer) = (self.clone_store(), dir.to_owned(), writer.to_owned());
+        Box::pin(blocking(format!("reserving {dir}"), move || {
+            let names = this.names(&dir)?;
+            let (stamp, parents) = names.split_last().unwrap_or((&"", &[]));
+            let root = this.root(true)?;
+            let parent = root
+                .walk(parents, Some(0o755))
+                .map_err(io_existing("opening", &this.root.join(parents.join("/"))))?;
+            let path = parent.path().join(stamp);
+            // mkdir is atomic: of two runs, exactly one creates the directory.
+            if !parent.mkdir(stamp, 0o755).map_err(io("creating", &path))? {
+                let writer = parent
+                    .open_dir(stamp)
+                    .and_then(|d| d.open_file(WRITER))
+                    .ok()
+                    .and_then(|f| {
+                        let mut s = String::new();
+                        f.take(4096)
+                            .read_to_string(&mut s)
+                            .ok()
+                            .map(|_| s.trim().to_owned())
+                    });
+                return Ok(Reservation::Taken { writer });
+            }
+            parent
+                .sync()
+                .map_err(io("fsync of directory", parent.path()))?;
+            let d = parent.open_dir(stamp).map_err(io("opening", &path))?;
+            let mut p = Pending::create(d, WRITER)?;
+            p.write(writer.as_bytes())?;
+            p.commit(false)?;
+            Ok(Reservation::Ours)
+        }))
+    }
+
+    fn release<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let (this, dir) = (self.clone_store(), dir.to_owned());
+        Box::pin(blocking(format!("releasing {dir}"), move || {
+            let names = this.names(&dir)?;
+            // The chain of directories down to the stamp, each held open.
+            let mut chain = vec![this.root(false)?];
+            for n in &names {
+                match chain[chain.len() - 1].open_dir(n) {
+                    Ok(d) => chain.push(d),
+                    Err(_) => return Ok(()),
+                }
+            }
+            let _ = chain[chain.len() - 1].remove_file(WRITER);
+            // Only empty directories go (the stamp, then a database directory
+            // this run made): anything else is not ours to remove.
+            for (parent, child) in chain.iter().rev().skip(1).zip(names.iter().rev()) {
+                if parent.remove_dir(child).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    fn put_new<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>> {
+        let this = self.clone_store();
+        let k = key.to_owned();
         Box::pin(blocking(format!("writing {key}"), move || {
-            let mut p = Pending::create(&dest?)?;
-            p.write(&body)?;
-            p.commit()
+            this.write_small(&k, &body, false)
+        }))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>> {
+        let this = self.clone_store();
+        let k = key.to_owned();
+        Box::pin(blocking(format!("writing {key}"), move || {
+            this.write_small(&k, &body, true)
         }))
     }
 
     fn get<'a>(&'a self, key: &'a str, limit: u64) -> BoxFuture<'a, StoreResult<Bytes>> {
-        let path = self.path(key);
+        let this = self.clone_store();
+        let k = key.to_owned();
         Box::pin(blocking(format!("reading {key}"), move || {
-            let path = path?;
-            let file = std::fs::File::open(&path).map_err(io_existing("opening", &path))?;
+            let (dir, name) = this.parent(&k, false)?;
+            let path = dir.path().join(name);
             let too_large = || {
                 Cause::TooLarge {
                     what: path.display().to_string(),
@@ -201,10 +334,15 @@ impl Destination for FsStore {
                 }
                 .during("")
             };
-            let len = file.metadata().map_err(io("stat of", &path))?.len();
+            let Some(len) = regular(&dir, name)? else {
+                return Err(io_existing("opening", &path)(
+                    std::io::ErrorKind::NotFound.into(),
+                ));
+            };
             if len > limit {
                 return Err(too_large());
             }
+            let file = dir.open_file(name).map_err(io_existing("opening", &path))?;
             // The file may grow between the stat and the read: read one byte
             // past the limit at most, and refuse if it is there.
             let mut body = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
@@ -223,11 +361,13 @@ impl Destination for FsStore {
         key: &'a str,
         mut dst: std::fs::File,
     ) -> BoxFuture<'a, StoreResult<(u64, String)>> {
-        let from = self.path(key);
+        let this = self.clone_store();
+        let k = key.to_owned();
         Box::pin(blocking(format!("downloading {key}"), move || {
             use sha2::Digest;
-            let from = from?;
-            let mut src = std::fs::File::open(&from).map_err(io_existing("opening", &from))?;
+            let (dir, name) = this.parent(&k, false)?;
+            let from = dir.path().join(name);
+            let mut src = dir.open_file(name).map_err(io_existing("opening", &from))?;
             let mut hash = sha2::Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             let mut n = 0u64;
@@ -246,72 +386,110 @@ impl Destination for FsStore {
     }
 
     fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<u64>>> {
-        let path = self.path(key);
+        let this = self.clone_store();
+        let k = key.to_owned();
         Box::pin(blocking(format!("stat of {key}"), move || {
-            let path = path?;
-            match std::fs::metadata(&path) {
-                Ok(m) => Ok(Some(m.len())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io("stat of", &path)(e)),
+            match this.parent(&k, false) {
+                Ok((dir, name)) => regular(&dir, name),
+                Err(e) if matches!(e.cause(), Cause::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
             }
         }))
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<ObjectInfo>>> {
-        let root = self.root.clone();
-        let prefix = prefix.to_owned();
+        let this = self.clone_store();
+        let prefix = prefix.trim_end_matches('/').to_owned();
         Box::pin(blocking(format!("listing {prefix}"), move || {
             let mut out = Vec::new();
-            let start = root.join(prefix.trim_end_matches('/'));
-            walk(&root, &start, &mut out)?;
+            let root = match this.root(false) {
+                Ok(r) => r,
+                Err(e) if matches!(e.cause(), Cause::NotFound { .. }) => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            let names = if prefix.is_empty() {
+                Vec::new()
+            } else {
+                this.names(&prefix)?
+            };
+            let start = match root.walk(&names, None) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(io("opening", &this.root.join(&prefix))(e)),
+            };
+            walk(&start, &prefix, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         }))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Deleted>> {
-        let path = self.path(key);
-        let root = self.root.clone();
+        let this = self.clone_store();
+        let k = key.to_owned();
         Box::pin(blocking(format!("deleting {key}"), move || {
-            let path = path?;
-            let r = match std::fs::remove_file(&path) {
-                Ok(()) => Deleted::Deleted,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Deleted::Absent,
-                Err(e) => return Err(io("removing", &path)(e)),
+            let names = this.names(&k)?;
+            let (name, dirs) = names.split_last().unwrap_or((&"", &[]));
+            let root = this.root(false)?;
+            // The chain of directories down to the object, each held open.
+            let mut chain = vec![root];
+            for d in dirs {
+                let next = match chain[chain.len() - 1].open_dir(d) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(Deleted::Absent)
+                    }
+                    Err(e) => return Err(io("opening", &chain[chain.len() - 1].path().join(d))(e)),
+                };
+                chain.push(next);
+            }
+            let last = &chain[chain.len() - 1];
+            let path = last.path().join(name);
+            let r = match last.remove_file(name).map_err(io("removing", &path))? {
+                true => Deleted::Deleted,
+                false => Deleted::Absent,
             };
             // Remove directories left empty (the stamp dir), never the root.
-            let mut dir = path.parent().map(Path::to_owned);
-            while let Some(d) = dir {
-                if d == root || !d.starts_with(&root) || std::fs::remove_dir(&d).is_err() {
+            for (parent, child) in chain.iter().rev().skip(1).zip(dirs.iter().rev()) {
+                if parent.remove_dir(child).is_err() {
                     break;
                 }
-                dir = d.parent().map(Path::to_owned);
             }
             Ok(r)
         }))
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> StoreResult<()> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("listing", dir)(e)),
-    };
-    for e in rd {
-        let e = e.map_err(io("listing", dir))?;
-        let p = e.path();
-        let ty = e.file_type().map_err(io("stat of", &p))?;
-        if ty.is_dir() {
-            walk(root, &p, out)?;
-        } else if ty.is_file() {
-            let key = p
-                .strip_prefix(root)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            let size = e.metadata().map_err(io("stat of", &p))?.len();
-            out.push(ObjectInfo { key, size });
+impl FsStore {
+    /// A handle for blocking work (the root path and name).
+    fn clone_store(&self) -> FsStore {
+        FsStore::new(&self.name, &self.root)
+    }
+}
+
+/// Every regular file below `dir` (whose key prefix is `prefix`); symlinks
+/// and other non-files are skipped, never followed.
+fn walk(dir: &Dir, prefix: &str, out: &mut Vec<ObjectInfo>) -> StoreResult<()> {
+    let entries = dir.entries().map_err(io("listing", dir.path()))?;
+    for (name, kind) in entries {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        match kind {
+            Entry::Dir => {
+                let sub = dir
+                    .open_dir(&name)
+                    .map_err(io("opening", &dir.path().join(&name)))?;
+                walk(&sub, &key, out)?;
+            }
+            Entry::File(size) => out.push(ObjectInfo { key, size }),
+            Entry::Other => {
+                tracing::warn!(
+                    "{}: not a file or directory (a symlink?); ignored, never followed",
+                    dir.path().join(&name).display()
+                );
+            }
         }
     }
     Ok(())
@@ -376,7 +554,7 @@ mod tests {
             .unwrap_err();
         let text = e.to_string();
         assert!(
-            text.starts_with("writing a/manifest.json: creating "),
+            text.starts_with("writing a/manifest.json: opening "),
             "{text}"
         );
         assert!(

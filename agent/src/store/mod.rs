@@ -28,6 +28,22 @@ use tokio::sync::mpsc;
 /// The most [`Destination::get`] reads for a manifest (they are a few KiB).
 pub const MANIFEST_LIMIT: u64 = 1 << 20;
 
+/// The marker that reserves a stamp directory for one writer:
+/// `{dir}/.writer`, holding the writer's id.
+pub const WRITER: &str = ".writer";
+
+/// What [`Destination::reserve`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The directory is ours now.
+    Ours,
+    /// Someone reserved it first; their id, when the marker says.
+    Taken {
+        /// The other writer's id.
+        writer: Option<String>,
+    },
+}
+
 /// What the producer sends an upload: parts in order, then `End`. A channel
 /// that closes without `End` means the stream failed: the upload is discarded.
 #[derive(Debug, Clone)]
@@ -74,6 +90,35 @@ pub trait Destination: Send + Sync {
         parts: mpsc::Receiver<Feed>,
     ) -> BoxFuture<'a, StoreResult<u64>>;
 
+    /// Reserve the (stamp) directory `dir` (ending in `/`) for `writer`, so
+    /// two runs — two agents sharing a prefix — can never write into one:
+    /// an exclusive `mkdir` on a filesystem, a conditional `If-None-Match: *`
+    /// PUT of its [`WRITER`] marker on S3 (with a checked fallback for servers
+    /// without conditional writes).
+    fn reserve<'a>(
+        &'a self,
+        dir: &'a str,
+        writer: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Reservation>>;
+
+    /// Undo a reservation of ours that holds nothing else yet.
+    fn release<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Who reserved `dir`: its [`WRITER`] marker; None when there is none.
+    fn writer<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(async move {
+            match self.get(&format!("{dir}{WRITER}"), 4096).await {
+                Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().to_owned())),
+                Err(e) if matches!(e.cause(), Cause::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Write a small object (a manifest) atomically, never over an existing
+    /// one: [`Cause::Exists`] when `key` is already there.
+    fn put_new<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>>;
+
     /// Write a small object (a manifest) atomically.
     fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>>;
 
@@ -109,9 +154,14 @@ pub trait Destination: Send + Sync {
     /// called while the backup lock is held, so none of them is still live.
     /// A filesystem destination has none: its temp files are listed objects.
     /// A server that cannot list them answers [`Cause::Unsupported`].
+    /// `may_abort(key)` says which uploads are dead (another agent's live
+    /// upload under a shared prefix must not be aborted). The server's
+    /// `Initiated` time is not used: some S3-compatible servers report a
+    /// constant.
     fn abort_stale_uploads<'a>(
         &'a self,
         _prefix: &'a str,
+        _may_abort: &'a (dyn Fn(&str) -> bool + Sync),
     ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         Box::pin(async { Ok(Vec::new()) })
     }

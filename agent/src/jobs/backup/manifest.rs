@@ -71,6 +71,10 @@ pub struct Manifest {
     pub row_counts_skipped: bool,
     /// `pg_dump --compress` level.
     pub compression_level: Option<u8>,
+    /// The agent instance that wrote it (its `state_dir/writer-id`): two
+    /// agents sharing a prefix show up as two writers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 /// The directory segment of what a backup holds: [`GLOBALS`] for the

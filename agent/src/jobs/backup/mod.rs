@@ -19,7 +19,7 @@ use crate::crypto::Recipients;
 use crate::jobs::context::{JobContext, Outcome};
 use crate::metrics::{Family, MetricsUpdate};
 use crate::pg::{self, ConnInfo, ServerVersion};
-use crate::store::{Cause, Deleted, Destination, StoreResult};
+use crate::store::{Cause, Deleted, Destination, Reservation, StoreResult};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -98,6 +98,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         );
     }
 
+    let writer = writer_id(&ctx.config.state_dir)?;
     let env = Env {
         ctx,
         cfg,
@@ -108,6 +109,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         version: &version,
         bin_dir: bin_dir.as_deref(),
         dump_version: &dump_version,
+        writer: &writer,
+        foreign: std::sync::Mutex::default(),
     };
     let mut results = Vec::new();
     if cfg.globals && ctx.params.databases.is_empty() {
@@ -188,6 +191,34 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         );
     }
 
+    // A second agent under this host's prefix (a copied configuration, a
+    // cloned VM): both keep working, but the operator must know.
+    let foreign = env
+        .foreign
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for d in &cfg.destinations {
+        metrics.set(
+            Family::BackupSharedPrefix,
+            &[("destination", d)],
+            if foreign.contains_key(d) { 1.0 } else { 0.0 },
+        );
+    }
+    if !foreign.is_empty() {
+        let data = json!({"writer": env.writer, "other_writers": foreign});
+        tracing::warn!("another agent writes backups under this host's prefix: {foreign:?}");
+        if let Err(e) = ctx
+            .event(
+                "backup.shared_prefix",
+                crate::outbox::Severity::Warning,
+                data,
+            )
+            .await
+        {
+            tracing::error!("queueing the backup.shared_prefix event: {e:#}");
+        }
+    }
     let mut errors: Vec<String> = Vec::new();
     for r in &results {
         if let Some(e) = &r.error {
@@ -220,6 +251,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "retention": retention_log,
+        "writer": env.writer,
+        "other_writers": foreign,
     });
     let ok_count = results
         .iter()
@@ -273,9 +306,73 @@ struct Env<'a> {
     version: &'a ServerVersion,
     bin_dir: Option<&'a Path>,
     dump_version: &'a str,
+    /// This agent instance's id (see [`writer_id`]).
+    writer: &'a str,
+    /// Other writers met under this host's prefix, per destination.
+    foreign: std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
+/// This agent instance's id, created once in `state_dir/writer-id`: it marks
+/// every stamp the agent reserves and every manifest it writes, so another
+/// agent writing under the same prefix (a copied configuration) is noticed.
+pub fn writer_id(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("writer-id");
+    match crate::fsx::open_read(&path) {
+        Ok(f) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 64), &mut s)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let id = s.trim().to_owned();
+            anyhow::ensure!(
+                !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()),
+                "{} does not hold a writer id; remove it to have a new one made",
+                path.display()
+            );
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::fsx::ensure_private_dir(state_dir)?;
+            let id = crate::util::new_id()[..16].to_owned();
+            // Two processes starting at once: one creates it, both read it.
+            match crate::fsx::create_new(&path, 0o600) {
+                Ok(mut f) => {
+                    std::io::Write::write_all(&mut f, id.as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    Ok(id)
+                }
+                Err(_) => writer_id(state_dir),
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// `{prefix}/postgres/{segment}/{stamp}/`.
+fn stamp_dir(prefix: &str, segment: &str, stamp: &str) -> String {
+    format!("{}{stamp}/", manifest::database_dir(prefix, segment))
+}
+
+/// The writer id in a stamp's marker (`{id} {job}`).
+fn writer_of(marker: &str) -> &str {
+    marker.split_whitespace().next().unwrap_or("")
+}
+
+/// How long an incomplete backup of another writer (or of no known writer)
+/// is left alone: it may be an upload in flight.
+const FOREIGN_GRACE_HOURS: i64 = 24;
+
 impl Env<'_> {
+    fn note_foreign(&self, dest: &str, writer: &str) {
+        if writer_of(writer) != self.writer && !writer.is_empty() {
+            self.foreign
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(dest.to_owned())
+                .or_default()
+                .insert(writer_of(writer).to_owned());
+        }
+    }
     fn prefix(&self, dest: &str) -> &str {
         self.prefixes.get(dest).map_or("", String::as_str)
     }
@@ -283,7 +380,7 @@ impl Env<'_> {
     async fn backup_one(&self, database: &str, content: Content) -> DbResult {
         let clock = std::time::Instant::now();
         let segment = manifest::segment(database, content);
-        let (started, stamp) = self.free_stamp(&segment).await;
+        let (started, stamp, reserved) = self.reserve_stamp(&segment).await;
         let dests: Vec<DestResult> = self
             .dests
             .iter()
@@ -302,8 +399,26 @@ impl Env<'_> {
             dests,
             error: None,
         };
-        if let Err(e) = self.dump(&mut r, content, started).await {
+        let dumped = match reserved {
+            Ok(()) => self.dump(&mut r, content, started).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = dumped {
             r.error = Some(format!("{e:#}"));
+        }
+        // A stamp reserved for nothing goes again wherever no backup was
+        // written (an empty directory left by a failed or cancelled run
+        // looked like a backup in progress).
+        for (d, res) in self.dests.iter().zip(&r.dests) {
+            if r.error.is_none() && res.error.is_none() {
+                continue;
+            }
+            let dir = stamp_dir(self.prefix(d.name()), &r.segment, &r.stamp);
+            if d.size(&res.key).await.ok().flatten().is_none() {
+                if let Err(e) = d.release(&dir).await {
+                    tracing::warn!(destination = d.name(), "releasing {dir}: {e}");
+                }
+            }
         }
         r.seconds = clock.elapsed().as_secs_f64();
         match &r.error {
@@ -313,37 +428,58 @@ impl Env<'_> {
         r
     }
 
-    /// A start time whose stamp no destination holds yet for `segment`: two
-    /// runs in one second, or a clock set back onto an old stamp, would
-    /// otherwise write a new object under an existing (complete) backup's
-    /// manifest. Waits for the next second while the stamp is taken.
-    async fn free_stamp(&self, segment: &str) -> (chrono::DateTime<chrono::Utc>, String) {
+    /// A start time whose stamp this run has reserved on every destination
+    /// for `segment` ([`Destination::reserve`]: atomic, so two runs — two
+    /// agents on one prefix — never write into one stamp, and a clock set
+    /// back onto an old stamp never writes under an existing backup's
+    /// manifest). A taken stamp waits for the next second; another agent's
+    /// marker is noted. An unreachable destination counts as reserved: its
+    /// upload fails and says why.
+    async fn reserve_stamp(
+        &self,
+        segment: &str,
+    ) -> (chrono::DateTime<chrono::Utc>, String, anyhow::Result<()>) {
+        let marker = format!("{} {}", self.writer, self.ctx.id);
         let mut tries = 0;
         loop {
             let started = chrono::Utc::now();
             let stamp = retention::stamp(started);
-            let mut taken = false;
+            let mut ours: Vec<&Arc<dyn Destination>> = Vec::new();
+            let mut taken = None;
             for d in self.dests {
-                let p = self.prefix(d.name());
-                for key in [
-                    manifest::object_key(p, segment, &stamp),
-                    manifest::manifest_key(p, segment, &stamp),
-                ] {
-                    match d.size(&key).await {
-                        Ok(found) => taken |= found.is_some(),
-                        // The job ends; its uploads say so.
-                        Err(e) if e.is_cancelled() => return (started, stamp),
-                        // An unreachable destination fails later, in its
-                        // upload; asking it again now would only wait again.
-                        Err(_) => break,
+                let dir = stamp_dir(self.prefix(d.name()), segment, &stamp);
+                match d.reserve(&dir, &marker).await {
+                    Ok(Reservation::Ours) => ours.push(d),
+                    Ok(Reservation::Taken { writer }) => {
+                        if let Some(w) = &writer {
+                            self.note_foreign(d.name(), w);
+                        }
+                        taken = Some((d.name().to_owned(), writer));
+                        break;
                     }
+                    Err(e) if e.is_cancelled() => {
+                        return (started, stamp, Err(anyhow::anyhow!("{e}")));
+                    }
+                    Err(e) => tracing::warn!(destination = d.name(), "{e}"),
                 }
             }
-            tries += 1;
-            if !taken || tries > 10 {
-                return (started, stamp);
+            let Some((dest, writer)) = taken else {
+                return (started, stamp, Ok(()));
+            };
+            for d in ours {
+                let _ = d
+                    .release(&stamp_dir(self.prefix(d.name()), segment, &stamp))
+                    .await;
             }
-            let ms = 1000 - u64::from(started.timestamp_subsec_millis().min(999));
+            tries += 1;
+            if tries >= 120 {
+                let e = anyhow::anyhow!(
+                    "no free stamp for {segment} on {dest} in {tries} seconds (the last, {stamp}, is held by {})",
+                    writer.as_deref().unwrap_or("another run")
+                );
+                return (started, stamp, Err(e));
+            }
+            let ms = 1000 - u64::from(chrono::Utc::now().timestamp_subsec_millis().min(999));
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
@@ -380,13 +516,14 @@ impl Env<'_> {
         // The schema fingerprint and the row counts are taken beside the
         // dump, in the session that exported its snapshot (so exactly what
         // pg_dump sees, rows written since included in neither), on a core
-        // the dump's compression leaves free. A failed count stops the dump.
-        let dump_cancel = self.ctx.cancel.child_token();
+        // the dump's compression leaves free. A failed count fails the
+        // database (no manifest) once the dump has ended: a server restart
+        // fails both, and then pg_dump's own words say why.
         let facts = async {
             let Some(snap) = &snapshot else {
                 return Ok((None, None));
             };
-            let r = async {
+            async {
                 let schema = pg::schema_sha256(snap.client()).await?;
                 // Fault tests make the counting fail here (FAILPOINTS=backup::row_counts=return).
                 #[cfg(feature = "failpoints")]
@@ -401,11 +538,7 @@ impl Env<'_> {
                 };
                 Ok::<_, anyhow::Error>((Some(schema), counts))
             }
-            .await;
-            if r.is_err() {
-                dump_cancel.cancel();
-            }
-            r
+            .await
         };
 
         // One channel per destination; a part is shared (not copied) between them.
@@ -427,7 +560,7 @@ impl Env<'_> {
                 self.recipients.clone(),
                 senders,
                 base,
-                &dump_cancel,
+                &self.ctx.cancel,
                 &self.ctx.progress,
             ),
             futures_util::future::join_all(uploads),
@@ -452,10 +585,11 @@ impl Env<'_> {
                 }
             }
         }
-        let (schema_sha256, row_counts) = facts.with_context(|| {
+        let facts = facts.with_context(|| {
             format!("taking the schema fingerprint and row counts of {db} in the dump's snapshot; no manifest written")
-        })?;
+        });
         let streamed = streamed?;
+        let (schema_sha256, row_counts) = facts?;
         crate::fault_point!("backup::before_manifest");
         let finished = chrono::Utc::now();
         let m = Manifest {
@@ -477,6 +611,7 @@ impl Env<'_> {
             row_counts,
             row_counts_skipped: content == Content::Database && !count_rows,
             compression_level: (content == Content::Database).then_some(self.cfg.compression_level),
+            writer: Some(self.writer.to_owned()),
         };
         let body = Bytes::from(serde_json::to_vec_pretty(&m)?);
         for ((d, res), up) in self.dests.iter().zip(r.dests.iter_mut()).zip(uploaded) {
@@ -493,7 +628,19 @@ impl Env<'_> {
                     );
                 }
                 let mkey = manifest::manifest_key(self.prefix(d.name()), &r.segment, &r.stamp);
-                d.put(&mkey, body.clone())
+                // The stamp must still be ours (a server that ignored the
+                // conditional write may have let another run take it), and a
+                // manifest is never written over another run's.
+                let dir = stamp_dir(self.prefix(d.name()), &r.segment, &r.stamp);
+                let marker = d.writer(&dir).await.context("reading the stamp's writer")?;
+                if marker.as_deref().map(writer_of) != Some(self.writer) {
+                    bail!(
+                        "another writer ({}) holds stamp {} now; not writing the manifest",
+                        marker.unwrap_or_default(),
+                        r.stamp
+                    );
+                }
+                d.put_new(&mkey, body.clone())
                     .await
                     .context("writing the manifest")
             }
@@ -518,9 +665,54 @@ impl Env<'_> {
         let (database, current) = (r.database.as_str(), r.stamp.as_str());
         let dir = manifest::database_dir(self.prefix(dest.name()), &r.segment);
         let mut log = Vec::new();
+        let objects = dest.list(&dir).await?;
+        let mut stamps: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+        for o in objects {
+            let Some(rest) = o.key.strip_prefix(&dir) else {
+                continue;
+            };
+            let Some((stamp, file)) = rest.split_once('/') else {
+                continue;
+            };
+            let e = stamps.entry(stamp.to_owned()).or_default();
+            if file == manifest::MANIFEST {
+                e.0 = true;
+            }
+            e.1.push(o.key.clone());
+        }
+        // Whose is each incomplete backup? Ours (a killed or failed run of
+        // this agent: clean it now), or another writer's — an upload in
+        // flight of a second agent on this prefix, or of an older version:
+        // left alone for a day.
+        let grace = now - chrono::Duration::hours(FOREIGN_GRACE_HOURS);
+        let mut ours: BTreeSet<String> = BTreeSet::new();
+        for (stamp, (complete, _)) in &stamps {
+            if *complete || stamp == current {
+                continue;
+            }
+            if let Ok(Some(w)) = dest.writer(&format!("{dir}{stamp}/")).await {
+                if writer_of(&w) == self.writer {
+                    ours.insert(stamp.clone());
+                } else {
+                    self.note_foreign(dest.name(), &w);
+                }
+            }
+        }
+        let old = |stamp: &str| retention::parse_stamp(stamp).is_some_and(|t| t < grace);
+        let stamp_of = |key: &str| {
+            key.strip_prefix(&dir)
+                .and_then(|r| r.split_once('/'))
+                .map(|(s, _)| s.to_owned())
+                .unwrap_or_default()
+        };
         // Multipart uploads a killed run left open cost storage and are
-        // invisible to listing: abort them (this run's own are finished).
-        let stale = match dest.abort_stale_uploads(&dir).await {
+        // invisible to listing: abort them (this run's own are finished),
+        // never another writer's live one.
+        let may_abort = |key: &str| {
+            let s = stamp_of(key);
+            s != current && (ours.contains(&s) || old(&s))
+        };
+        let stale = match dest.abort_stale_uploads(&dir, &may_abort).await {
             Ok(keys) => keys,
             // Some S3-compatible servers do not implement ListMultipartUploads
             // (501). The clean-up is housekeeping: it must not fail a backup
@@ -546,21 +738,6 @@ impl Env<'_> {
                 .context("auditing an aborted upload")?;
             log.push(detail);
         }
-        let objects = dest.list(&dir).await?;
-        let mut stamps: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
-        for o in objects {
-            let Some(rest) = o.key.strip_prefix(&dir) else {
-                continue;
-            };
-            let Some((stamp, file)) = rest.split_once('/') else {
-                continue;
-            };
-            let e = stamps.entry(stamp.to_owned()).or_default();
-            if file == manifest::MANIFEST {
-                e.0 = true;
-            }
-            e.1.push(o.key.clone());
-        }
         let found: Vec<Found> = stamps
             .iter()
             .map(|(s, (complete, _))| Found {
@@ -584,7 +761,8 @@ impl Env<'_> {
             .collect();
         for (f, v) in found.iter().zip(verdicts) {
             let expired = v == Verdict::DeleteExpired;
-            if !(v == Verdict::CleanIncomplete || (expired && succeeded)) {
+            let clean = v == Verdict::CleanIncomplete && (ours.contains(&f.stamp) || old(&f.stamp));
+            if !(clean || (expired && succeeded)) {
                 continue;
             }
             let keys = &stamps[&f.stamp].1;

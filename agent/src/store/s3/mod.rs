@@ -16,7 +16,7 @@ pub mod sign;
 pub mod transport;
 pub mod xml;
 
-use super::{Cause, Deleted, Destination, Feed, ObjectInfo, StoreResult};
+use super::{Cause, Deleted, Destination, Feed, ObjectInfo, Reservation, StoreResult, WRITER};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -143,6 +143,48 @@ impl S3Store {
     async fn exchange(&self, req: &Request<'_>) -> Result<(), Cause> {
         let resp = self.t.send(req).await?;
         self.t.answer(resp, ANSWER_LIMIT).await.map(drop)
+    }
+
+    /// PUT `key` only if no object is there (`If-None-Match: *`, S3's
+    /// conditional write): [`Cause::Exists`] when one is. A server without
+    /// conditional writes (501) gets a HEAD first, then a plain PUT.
+    /// `locked`: with the destination's Object Lock (a manifest), or not (a
+    /// stamp's writer marker, which must go again when its run fails).
+    async fn conditional_put(&self, key: &str, body: Bytes, locked: bool) -> Result<(), Cause> {
+        let mut req = Request::new(Method::PUT, key, &[]);
+        if locked {
+            req.headers = Self::lock_headers(self.lock_until().as_deref());
+        }
+        req.headers.push(("content-md5", content_md5(&body)));
+        req.headers
+            .push(("content-type", "application/json".into()));
+        req.body = body;
+        let mut conditional = req.clone();
+        conditional.headers.push(("if-none-match", "*".into()));
+        match self.exchange(&conditional).await {
+            Ok(()) => Ok(()),
+            Err(Cause::Refused { status: 412, .. }) => Err(Cause::Exists {
+                key: key.to_owned(),
+            }),
+            Err(Cause::Unsupported { .. })
+            | Err(Cause::Refused {
+                status: 400 | 501, ..
+            }) => {
+                conditional.headers.pop();
+                if self
+                    .head(key)
+                    .await
+                    .map_err(super::StoreError::into_cause)?
+                    .is_some()
+                {
+                    return Err(Cause::Exists {
+                        key: key.to_owned(),
+                    });
+                }
+                self.exchange(&req).await
+            }
+            Err(c) => Err(c),
+        }
     }
 
     /// When a new object's COMPLIANCE retention ends, if the destination locks.
@@ -536,6 +578,7 @@ impl Destination for S3Store {
     fn abort_stale_uploads<'a>(
         &'a self,
         prefix: &'a str,
+        may_abort: &'a (dyn Fn(&str) -> bool + Sync),
     ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         Box::pin(async move {
             let mut open = Vec::new();
@@ -563,6 +606,9 @@ impl Destination for S3Store {
             .await?;
             let mut aborted = Vec::new();
             for u in open {
+                if !may_abort(&u.key) {
+                    continue;
+                }
                 let q = [("uploadId", u.upload_id.as_str())];
                 self.t
                     .send(&Request::new(Method::DELETE, &u.key, &q))
@@ -576,6 +622,57 @@ impl Destination for S3Store {
                 aborted.push(u.key);
             }
             Ok(aborted)
+        })
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        dir: &'a str,
+        writer: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Reservation>> {
+        Box::pin(async move {
+            let key = format!("{dir}{WRITER}");
+            let step = || format!("reserving {dir}");
+            let taken = |w: Option<String>| Ok(Reservation::Taken { writer: w });
+            // A marker already there: taken, whatever the server can do.
+            if self
+                .head(&key)
+                .await
+                .map_err(|e| e.within(step()))?
+                .is_some()
+            {
+                return taken(self.writer(dir).await.ok().flatten());
+            }
+            match self
+                .conditional_put(&key, Bytes::from(writer.to_owned()), false)
+                .await
+            {
+                Ok(()) => {}
+                Err(Cause::Exists { .. }) => return taken(self.writer(dir).await.ok().flatten()),
+                Err(c) => return Err(c.during(step())),
+            }
+            // A server that ignores conditional writes wrote it anyway: the
+            // marker must say us, or another run won the race.
+            match self.writer(dir).await.map_err(|e| e.within(step()))? {
+                Some(w) if w == writer => Ok(Reservation::Ours),
+                other => taken(other),
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            // The marker is written unlocked (a bucket's default retention
+            // may lock it anyway: then it stays until retention can clean it).
+            self.delete(&format!("{dir}{WRITER}")).await.map(drop)
+        })
+    }
+
+    fn put_new<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            self.conditional_put(key, body, true)
+                .await
+                .map_err(|c| c.during(format!("writing {key}")))
         })
     }
 

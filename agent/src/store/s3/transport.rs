@@ -69,6 +69,7 @@ pub struct Transport {
 }
 
 /// One request: method, key ("" = the bucket), query, extra signed headers, body.
+#[derive(Clone)]
 pub struct Request<'a> {
     /// HTTP method.
     pub method: Method,
