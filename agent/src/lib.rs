@@ -17,6 +17,8 @@ pub mod cli;
 pub mod config;
 /// Control-plane side: mTLS API, event outbox and pusher, TLS reload, `ctl`.
 pub mod control;
+/// The legal hold: while set, retention deletes nothing.
+pub mod hold;
 /// Streaming OpenPGP encryption of backups (the `cloudnx-crypto` crate).
 pub use cloudnx_crypto as crypto;
 /// Daemon lifecycle: sd_notify, signals, scheduler, reload.

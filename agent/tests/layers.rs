@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pg", 0),
     ("logging", 0),
     ("progress", 0),
+    ("hold", 0),
     ("config", 1),
     ("jobs", 2),
     ("runner", 3),

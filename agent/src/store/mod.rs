@@ -143,6 +143,18 @@ pub trait Destination: Send + Sync {
     /// Delete one object.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Deleted>>;
 
+    /// Turn the Object Lock legal hold of `key` on or off (S3's
+    /// PutObjectLegalHold). Ok(false) where the store has no legal holds (a
+    /// filesystem, a bucket without Object Lock): nothing to do.
+    fn set_legal_hold<'a>(&'a self, _key: &'a str, _on: bool) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Whether `key` carries an Object Lock legal hold.
+    fn legal_hold<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+
     /// When the object's Object Lock retention ends (RFC 3339), if it is
     /// locked; None where the store has no locks.
     fn locked_until<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>> {

@@ -676,6 +676,38 @@ impl Destination for S3Store {
         })
     }
 
+    fn set_legal_hold<'a>(&'a self, key: &'a str, on: bool) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            // Legal holds exist only in buckets with Object Lock, which this
+            // destination says it has by locking what it writes.
+            if self.cfg.object_lock_days == 0 {
+                return Ok(false);
+            }
+            let body = Bytes::from(xml::to_xml(&xml::LegalHold::new(on)));
+            let q = [("legal-hold", "")];
+            let mut req = Request::new(Method::PUT, key, &q);
+            req.headers.push(("content-md5", content_md5(&body)));
+            req.body = body;
+            self.exchange(&req).await.map_err(|c| {
+                c.during(format!(
+                    "turning the legal hold of {key} {}",
+                    if on { "on" } else { "off" }
+                ))
+            })?;
+            Ok(true)
+        })
+    }
+
+    fn legal_hold<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .head(key)
+                .await?
+                .and_then(|h| header(&h, "x-amz-object-lock-legal-hold"))
+                .is_some_and(|v| v.eq_ignore_ascii_case("ON")))
+        })
+    }
+
     fn locked_until<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>> {
         Box::pin(async move {
             // moto's GetObjectRetention is broken; HEAD carries the same date.

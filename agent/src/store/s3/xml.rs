@@ -115,6 +115,26 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// The body of PutObjectLegalHold.
+#[derive(Debug, Serialize)]
+#[serde(rename = "LegalHold")]
+pub struct LegalHold {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Status")]
+    status: &'static str,
+}
+
+impl LegalHold {
+    /// ON or OFF.
+    pub fn new(on: bool) -> Self {
+        LegalHold {
+            xmlns: S3_NS,
+            status: if on { "ON" } else { "OFF" },
+        }
+    }
+}
+
 /// The body of PutObjectRetention: COMPLIANCE mode until a date.
 #[derive(Debug, Serialize)]
 #[serde(rename = "Retention")]
