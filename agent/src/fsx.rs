@@ -93,6 +93,22 @@ pub fn open_read(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).custom_flags(SAFE).open(path)
 }
 
+/// A duty's small JSON memory (`state_dir/<duty>/….json`): its value, or the
+/// default when the file is absent, a link, or unreadable — a lost memory only
+/// makes a duty report something as new or restart a clock.
+pub fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
+    open_read(path)
+        .ok()
+        .and_then(|f| serde_json::from_reader(std::io::BufReader::new(f)).ok())
+        .unwrap_or_default()
+}
+
+/// Replace a duty's JSON memory atomically: its directory 0700, the file 0600.
+pub fn write_json_private<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    ensure_private_dir(parent_of(path))?;
+    write_atomic(path, &serde_json::to_vec_pretty(value)?, 0o600)
+}
+
 /// The users a secret file may belong to: root, and the user the agent runs
 /// as — the effective user, or for a root run the owner of `state_dir`,
 /// since a root CLI run becomes that user (`cli::act_as_state_owner`) and

@@ -32,8 +32,13 @@ pub fn current(state_dir: &Path) -> anyhow::Result<Option<Hold>> {
     let p = path(state_dir);
     match fsx::open_read(&p) {
         Ok(f) => {
-            let h: Hold = serde_json::from_reader(std::io::Read::take(f, 64 * 1024))
-                .with_context(|| format!("{} is damaged; retention holds until it is fixed or released", p.display()))?;
+            let h: Hold =
+                serde_json::from_reader(std::io::Read::take(f, 64 * 1024)).with_context(|| {
+                    format!(
+                        "{} is damaged; retention holds until it is fixed or released",
+                        p.display()
+                    )
+                })?;
             Ok(Some(h))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

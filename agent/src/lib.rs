@@ -47,3 +47,5 @@ pub mod schedule;
 pub mod store;
 /// Small shared helpers.
 pub mod util;
+/// Weekly maintenance windows in a time zone.
+pub mod window;

@@ -56,6 +56,8 @@ enum Verb {
     Snapshot,
     /// Check every LUKS volume against the policy now.
     LuksCheck,
+    /// Read this host's patch and reboot state now (read-only).
+    Posture,
     /// Talk to an agent's control-plane API with a client certificate.
     Ctl(cli::ctl::CtlArgs),
     /// The audit log.
@@ -222,6 +224,9 @@ fn main() -> ExitCode {
             }
             Verb::LuksCheck => {
                 cli::job::run_job(config, JobKind::LuksCheck, JobParams::default(), json).await
+            }
+            Verb::Posture => {
+                cli::job::run_job(config, JobKind::Posture, JobParams::default(), json).await
             }
             Verb::Ctl(args) => cli::ctl::run(config, args).await,
             Verb::Audit {

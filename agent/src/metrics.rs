@@ -96,6 +96,16 @@ families! {
     OutboxEvents = "cloudnx_report_outbox_events", Gauge, [], "Events waiting in the outbox for the control plane.";
     AuditRecords = "cloudnx_audit_records_total", Counter, [], "Records appended to the audit log.";
     AuditLastCheckpoint = "cloudnx_audit_last_checkpoint_timestamp_seconds", Gauge, [], "When the audit log head was last sealed by a signed checkpoint.";
+    HostUpdatesPending = "cloudnx_host_updates_pending", Gauge, ["origin"], "Installed packages `apt-get upgrade` would upgrade, by origin of the new version (security, other).";
+    HostUpdatesHeldBack = "cloudnx_host_updates_held_back", Gauge, ["origin"], "Installed packages with a newer version that `apt-get upgrade` keeps back (it needs new packages or removals, e.g. a new kernel ABI), by origin.";
+    HostSecurityOldestPending = "cloudnx_host_security_update_oldest_pending_seconds", Gauge, [], "How long the longest-waiting security update (pending or held back) has been pending, across newer versions of it; 0 when none.";
+    HostRebootRequired = "cloudnx_host_reboot_required", Gauge, [], "1 if /run/reboot-required exists or the running kernel is not the newest installed one.";
+    HostRebootRequiredSince = "cloudnx_host_reboot_required_since_timestamp_seconds", Gauge, [], "Since when a reboot has been required (only while one is).";
+    HostKernelInfo = "cloudnx_host_kernel_info", Gauge, ["newest_installed", "running"], "The running kernel and the newest installed one of its flavour (always 1; none: no kernel in /boot).";
+    HostUnattendedUpgradesLastRun = "cloudnx_host_unattended_upgrades_last_run_timestamp_seconds", Gauge, [], "When unattended-upgrades last ran (its stamp files); 0 when it never did or is not installed.";
+    HostInMaintenanceWindow = "cloudnx_host_in_maintenance_window", Gauge, [], "1 while the configured maintenance window was open at the last posture run.";
+    HostMaintenanceWindowLastEnd = "cloudnx_host_maintenance_window_last_end_timestamp_seconds", Gauge, [], "When the latest maintenance window that is over ended.";
+    HostMaintenanceWindowNextStart = "cloudnx_host_maintenance_window_next_start_timestamp_seconds", Gauge, [], "When the next maintenance window opens.";
 }
 
 impl Family {

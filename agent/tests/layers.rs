@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("util", 0),
     ("fsx", 0),
     ("schedule", 0),
+    ("window", 0),
     ("crypto", 0),
     ("metrics", 0),
     ("outbox", 0),

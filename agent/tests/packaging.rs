@@ -342,6 +342,8 @@ fn dashboard_is_grafana_json_with_a_prometheus_datasource_variable() {
         "Snapshot state per guest",
         "LUKS compliance per volume",
         "Outbox depth",
+        "Updates pending by origin",
+        "Reboot required per host",
     ] {
         assert!(
             titles.contains(&wanted),

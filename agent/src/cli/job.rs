@@ -1,4 +1,4 @@
-//! The job verbs (`backup`, `restore-drill`, `snapshot`, `luks-check`): a
+//! The job verbs (`backup`, `restore-drill`, `snapshot`, `luks-check`, `posture`): a
 //! one-shot run through the same runner as the daemon.
 
 use super::{act_as_state_owner, load_or_report, EXIT_FAILED, EXIT_OK, EXIT_USAGE};

@@ -21,6 +21,10 @@ const DRILL_MAX_AGE: f64 = 8.0 * 86400.0;
 const CERT_MIN_LEFT: f64 = 14.0 * 86400.0;
 /// CloudnxReportOutboxBacklog.
 const OUTBOX_MAX: usize = 100;
+/// CloudnxSecurityUpdatePending.
+const SECURITY_MAX_WAIT: f64 = 48.0 * 3600.0;
+/// CloudnxUnattendedUpgradesNotRun.
+const UNATTENDED_MAX_AGE: f64 = 26.0 * 3600.0;
 
 /// `status`.
 pub async fn run(flag: Option<PathBuf>, json_out: bool) -> u8 {
@@ -187,7 +191,63 @@ pub fn gather(cfg: &Config) -> Value {
         "certificates": certs,
         "outbox_events": outbox,
         "audit": audit(cfg),
+        "posture": posture(cfg, &store, now, &mut problems),
         "problems": problems,
+    })
+}
+
+/// Host posture (SPEC §13) as the last `posture` run saw it, judged like
+/// the posture alerts (null when the job is off or never ran).
+fn posture(cfg: &Config, store: &MetricsStore, now: f64, problems: &mut Vec<String>) -> Value {
+    let get = |f: Family| store.read(f, &[]);
+    let by_origin = |f: Family, o: &str| store.read(f, &[("origin", o)]);
+    let Some(security) = by_origin(Family::HostUpdatesPending, "security") else {
+        return Value::Null;
+    };
+    if !JobKind::Posture.configured(cfg) {
+        return Value::Null;
+    }
+    let oldest = get(Family::HostSecurityOldestPending).unwrap_or(0.0);
+    if oldest > SECURITY_MAX_WAIT {
+        problems.push(format!(
+            "a security update has been pending for {} (alert at 48 h; `cloudnx-agent posture --json` lists them)",
+            human_age(oldest)
+        ));
+    }
+    let required = get(Family::HostRebootRequired) == Some(1.0);
+    let since = get(Family::HostRebootRequiredSince);
+    let last_end = get(Family::HostMaintenanceWindowLastEnd);
+    if let (true, Some(since), Some(end)) = (required, since, last_end) {
+        if since < end {
+            problems.push(format!(
+                "a reboot has been required since {}, and the maintenance window that ended {} passed without one",
+                rfc3339(since),
+                rfc3339(end)
+            ));
+        }
+    }
+    let uu = get(Family::HostUnattendedUpgradesLastRun);
+    match uu {
+        Some(t) if t <= 0.0 => problems
+            .push("unattended-upgrades has never run on this host (or is not installed)".into()),
+        Some(t) if now - t > UNATTENDED_MAX_AGE => problems.push(format!(
+            "unattended-upgrades last ran {} ago (alert at 26 h)",
+            human_age(now - t)
+        )),
+        _ => {}
+    }
+    let kernel = store.series(Family::HostKernelInfo).into_iter().next();
+    json!({
+        "updates_pending": {"security": security, "other": by_origin(Family::HostUpdatesPending, "other")},
+        "updates_held_back": {"security": by_origin(Family::HostUpdatesHeldBack, "security"), "other": by_origin(Family::HostUpdatesHeldBack, "other")},
+        "security_oldest_pending_seconds": oldest,
+        "reboot_required": required,
+        "reboot_required_since": since.map(rfc3339),
+        "kernel_running": kernel.as_ref().map(|(l, _)| l["running"].clone()),
+        "kernel_newest_installed": kernel.as_ref().map(|(l, _)| l["newest_installed"].clone()),
+        "unattended_upgrades_last_run": uu.filter(|t| *t > 0.0).map(rfc3339),
+        "in_maintenance_window": get(Family::HostInMaintenanceWindow) == Some(1.0),
+        "maintenance_window_next_start": get(Family::HostMaintenanceWindowNextStart).map(rfc3339),
     })
 }
 
@@ -312,6 +372,50 @@ fn print_human(r: &Value, path: &std::path::Path) {
         a["last_checkpoint_seq"],
         s(&a["last_checkpoint_at"])
     );
+    let p = &r["posture"];
+    if p.is_object() {
+        let num = |v: &Value| {
+            v.as_f64()
+                .map_or_else(|| "-".to_owned(), |x| format!("{x}"))
+        };
+        let held = p["updates_held_back"]["security"].as_f64().unwrap_or(0.0)
+            + p["updates_held_back"]["other"].as_f64().unwrap_or(0.0);
+        println!(
+            "posture  {} security, {} other updates pending{}{}",
+            num(&p["updates_pending"]["security"]),
+            num(&p["updates_pending"]["other"]),
+            if held > 0.0 {
+                format!(" ({held} held back)")
+            } else {
+                String::new()
+            },
+            match p["security_oldest_pending_seconds"].as_f64() {
+                Some(a) if a > 0.0 => format!(" · oldest security update {}", human_age(a)),
+                _ => String::new(),
+            }
+        );
+        println!(
+            "         {} · kernel {} (newest installed {}) · unattended-upgrades last ran {} · {}",
+            if p["reboot_required"] == true {
+                format!("REBOOT REQUIRED since {}", s(&p["reboot_required_since"]))
+            } else {
+                "no reboot required".to_owned()
+            },
+            s(&p["kernel_running"]),
+            s(&p["kernel_newest_installed"]),
+            p["unattended_upgrades_last_run"]
+                .as_str()
+                .unwrap_or("never"),
+            if p["in_maintenance_window"] == true {
+                "in the maintenance window".to_owned()
+            } else {
+                format!(
+                    "next maintenance window {}",
+                    s(&p["maintenance_window_next_start"])
+                )
+            }
+        );
+    }
     match r["problems"].as_array() {
         Some(p) if !p.is_empty() => {
             println!("\nNEEDS ATTENTION");

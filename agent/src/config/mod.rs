@@ -19,6 +19,7 @@ mod control_plane;
 mod destinations;
 mod drill;
 mod luks;
+mod posture;
 mod problem;
 mod schema;
 mod snapshots;
@@ -31,6 +32,7 @@ pub use control_plane::ControlPlaneConfig;
 pub use destinations::{Destination, DestinationKind, S3Destination};
 pub use drill::DrillConfig;
 pub use luks::{LuksConfig, LuksPolicy, LuksVolume};
+pub use posture::{OriginPattern, PostureConfig, ReleaseField};
 pub use problem::{Problem, Problems, Source};
 pub use snapshots::SnapshotConfig;
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub snapshots: Option<SnapshotConfig>,
     /// `[luks]`; None = off.
     pub luks: Option<LuksConfig>,
+    /// `[posture]`; None = off.
+    pub posture: Option<PostureConfig>,
     /// `[control_plane]`; None = no API, events stay in the outbox.
     pub control_plane: Option<ControlPlaneConfig>,
     /// `[audit]`.
@@ -101,6 +105,7 @@ fragment! {
         restore_drill: drill::RawDrill,
         snapshots: snapshots::RawSnapshots,
         luks: luks::RawLuks,
+        posture: posture::RawPosture,
         control_plane: control_plane::RawControlPlane,
         audit: audit::RawAudit,
     }
@@ -285,6 +290,9 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
         .snapshots
         .and_then(|s| snapshots::build(s, &ctx, problems));
     let luks = raw.luks.and_then(|l| luks::build(l, &ctx, problems));
+    let posture = raw
+        .posture
+        .and_then(|mut p| PostureConfig::build(&mut p, "posture", &ctx, problems));
     let control_plane = raw
         .control_plane
         .and_then(|mut c| ControlPlaneConfig::build(&mut c, "control_plane", &ctx, problems));
@@ -331,6 +339,7 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
         restore_drill,
         snapshots,
         luks,
+        posture,
         control_plane,
         audit,
         files,

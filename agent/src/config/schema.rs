@@ -78,6 +78,18 @@ impl Key for Schedule {
     }
 }
 
+impl Key for crate::window::MaintenanceWindow {
+    type Raw = String;
+    fn parse(key: &str, raw: &String) -> Result<Self, (String, String)> {
+        crate::window::MaintenanceWindow::parse(raw).map_err(|e| {
+            (
+                format!("invalid {key} {raw:?}: {e}"),
+                "write DAYS HH:MM-HH:MM read in `timezone`, e.g. \"Sun 22:00-24:00\" or \"Mon-Fri 01:00-03:00\" (an end at or before the start is on the next day)".into(),
+            )
+        })
+    }
+}
+
 impl Key for chrono_tz::Tz {
     type Raw = String;
     fn parse(_: &str, raw: &String) -> Result<Self, (String, String)> {

@@ -17,17 +17,20 @@ pub enum JobKind {
     Snapshot,
     /// LUKS policy, live state, re-open, header backups.
     LuksCheck,
+    /// Patch and reboot state of the host (read-only).
+    Posture,
     /// Get one backup back on command (CLI only, never scheduled).
     Restore,
 }
 
 impl JobKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Backup,
         JobKind::RestoreDrill,
         JobKind::Snapshot,
         JobKind::LuksCheck,
+        JobKind::Posture,
         JobKind::Restore,
     ];
 
@@ -38,6 +41,7 @@ impl JobKind {
             JobKind::RestoreDrill => "restore-drill",
             JobKind::Snapshot => "snapshot",
             JobKind::LuksCheck => "luks-check",
+            JobKind::Posture => "posture",
             JobKind::Restore => "restore",
         }
     }
@@ -54,6 +58,7 @@ impl JobKind {
             JobKind::RestoreDrill => "restore_drill",
             JobKind::Snapshot => "snapshots",
             JobKind::LuksCheck => "luks",
+            JobKind::Posture => "posture",
             JobKind::Restore => "destinations",
         }
     }
@@ -66,6 +71,7 @@ impl JobKind {
             JobKind::RestoreDrill => cfg.restore_drill.as_ref().map(|s| &s.schedule),
             JobKind::Snapshot => cfg.snapshots.as_ref().map(|s| &s.schedule),
             JobKind::LuksCheck => cfg.luks.as_ref().map(|s| &s.schedule),
+            JobKind::Posture => cfg.posture.as_ref().map(|s| &s.schedule),
             JobKind::Restore => None,
         }
     }

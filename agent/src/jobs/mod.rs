@@ -12,6 +12,7 @@ pub mod context;
 pub mod drill;
 pub mod kind;
 pub mod luks;
+pub mod posture;
 pub mod restore;
 pub mod retrieve;
 pub mod snapshot;
@@ -27,6 +28,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         JobKind::RestoreDrill => drill::run(ctx).await,
         JobKind::Snapshot => snapshot::run(ctx).await,
         JobKind::LuksCheck => luks::run(ctx).await,
+        JobKind::Posture => posture::run(ctx).await,
         JobKind::Restore => restore::run(ctx).await,
     }
 }

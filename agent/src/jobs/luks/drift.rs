@@ -76,17 +76,12 @@ fn path(state_dir: &Path) -> PathBuf {
 /// The last run's memory (empty when there is none or it is unreadable: that
 /// only makes this run report its findings as new).
 pub fn load(state_dir: &Path) -> Memory {
-    std::fs::read(path(state_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    crate::fsx::read_json_or_default(&path(state_dir))
 }
 
 /// Replace the memory atomically.
 pub fn save(state_dir: &Path, m: &Memory) -> anyhow::Result<()> {
-    let p = path(state_dir);
-    crate::fsx::ensure_private_dir(p.parent().unwrap_or(state_dir))?;
-    crate::fsx::write_atomic(&p, &serde_json::to_vec_pretty(m)?, 0o600)
+    crate::fsx::write_json_private(&path(state_dir), m)
 }
 
 #[cfg(test)]
