@@ -106,8 +106,7 @@ impl Setup {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let m = e.path().join("manifest.json");
             if m.is_file() {
-                let v: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-                out.push((e.path(), v));
+                out.push((e.path(), self.gpg.manifest(&m)));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));

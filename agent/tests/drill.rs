@@ -53,7 +53,7 @@ impl Setup {
         let (mut body, names) = self.scratch.destinations(s3.as_ref());
         body += &format!(
             "[backup]\nconnection = \"{}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\n\
-             [restore_drill]\ndestination = \"{drill_from}\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n{extra}\n",
+             [restore_drill]\ndestination = \"{drill_from}\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\nallow_unencrypted_spool = true\n{extra}\n",
             pg.conninfo(),
             self.scratch.path("backup.pub.asc").display(),
             self.scratch.path("keys/backup.sec.asc").display(),
@@ -238,8 +238,25 @@ fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
     s.assert_clean();
     s.gpg.export_secret(&s.scratch.path("keys/backup.sec.asc"));
 
-    // A manifest whose row count differs from what was dumped.
-    set_manifest(&|v| v["row_counts"]["public.events"] = Value::from(19_999));
+    // Encrypted details whose row count differs from what was dumped (the
+    // counts travel only encrypted, beside the manifest).
+    let details = dir.join("manifest.details.pgp");
+    let pristine_details = std::fs::read(&details).unwrap();
+    let mut d: Value = serde_json::from_slice(&s.gpg.decrypt(&details)).unwrap();
+    d["row_counts"]["public.events"] = Value::from(19_999);
+    let forged = s.scratch.path("forged.details.pgp");
+    s.gpg.encrypt(&serde_json::to_vec(&d).unwrap(), &forged);
+    let forged = std::fs::read(&forged).unwrap();
+    std::fs::write(&details, &forged).unwrap();
+    // Replaced without the manifest knowing: refused by its checksum.
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("manifest.details.pgp") && text.contains("checksum mismatch"),
+        "{text}"
+    );
+    s.assert_clean();
+    set_manifest(&|v| v["details_sha256"] = Value::from(hex(&Sha256::digest(&forged))));
     let (code, _, text) = drill(&cfg);
     assert_eq!(code, Some(1), "{text}");
     assert!(
@@ -248,6 +265,8 @@ fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
         "{text}"
     );
     s.assert_clean();
+    std::fs::write(&details, &pristine_details).unwrap();
+    restore();
 
     // A manifest whose schema fingerprint differs.
     set_manifest(&|v| v["schema_sha256"] = Value::from("0".repeat(64)));

@@ -18,6 +18,7 @@ fn client(scratch: &Scratch, sim: &PveSim) -> PveClient {
         &secret,
         &sim.ca,
         Duration::from_secs(10),
+        cloudnx_agent::tls_floor::TlsFloor::V1_3,
     )
     .unwrap()
 }
@@ -209,6 +210,7 @@ fn client_refuses_plain_http_and_an_empty_ca() {
         &secret,
         &ca,
         Duration::from_secs(1),
+        cloudnx_agent::tls_floor::TlsFloor::V1_3,
     )
     .unwrap_err();
     assert!(e.to_string().contains("not https"), "{e}");
@@ -218,6 +220,7 @@ fn client_refuses_plain_http_and_an_empty_ca() {
         &secret,
         &ca,
         Duration::from_secs(1),
+        cloudnx_agent::tls_floor::TlsFloor::V1_3,
     )
     .unwrap_err();
     assert!(e.to_string().contains("holds no certificate"), "{e}");
@@ -231,7 +234,8 @@ fn client_refuses_plain_http_and_an_empty_ca() {
                 support::pve::make_certs(&scratch.path("pki"), "ca");
                 scratch.path("pki/ca.pem")
             },
-            Duration::from_secs(1)
+            Duration::from_secs(1),
+            cloudnx_agent::tls_floor::TlsFloor::V1_3,
         )
         .unwrap()
     );

@@ -103,6 +103,25 @@ impl Gpg {
         self.run(&["--batch", "--quiet", "--decrypt", path.to_str().unwrap()])
     }
 
+    /// A `manifest.json` with its encrypted details (`manifest.details.pgp`
+    /// beside it, opened by gpg) merged in; the plaintext manifest must hold
+    /// no row counts (SPEC §10: nothing readable off the host).
+    pub fn manifest(&self, path: &Path) -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert!(
+            v["row_counts"].is_null(),
+            "row counts in the plaintext manifest {}: {v}",
+            path.display()
+        );
+        let details = path.with_file_name("manifest.details.pgp");
+        if details.is_file() {
+            let d: serde_json::Value = serde_json::from_slice(&self.decrypt(&details)).unwrap();
+            v["row_counts"] = d["row_counts"].clone();
+        }
+        v
+    }
+
     /// `gpg --verbose --list-packets` of a file (to check the message structure).
     pub fn list_packets(&self, path: &Path) -> String {
         let out = Command::new("gpg")

@@ -57,6 +57,8 @@ pub struct S3Settings {
     pub object_lock_days: u32,
     /// Path-style addressing.
     pub path_style: bool,
+    /// The lowest TLS version accepted (`[policy] min_tls_version`).
+    pub min_tls: crate::tls_floor::TlsFloor,
 }
 
 /// An S3 bucket as a destination.
@@ -105,6 +107,7 @@ impl S3Store {
                 region: &cfg.region,
                 access_key: &access_key,
                 secret_key: &secret_key,
+                min_tls: cfg.min_tls,
             },
             cancel,
             Limits::default(),

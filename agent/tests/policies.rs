@@ -1,0 +1,354 @@
+//! Policies a host can prove (SPEC §10), end to end against real PostgreSQL
+//! 15, moto S3 with Object Lock, GnuPG and libfaketime: the legal hold, and
+//! retired databases.
+
+mod support;
+
+use serde_json::Value;
+use std::path::PathBuf;
+use support::gpg::Gpg;
+use support::postgres::Pg;
+use support::s3::Moto;
+use support::Scratch;
+
+const BUCKET: &str = "pg-policies";
+
+struct Setup {
+    scratch: Scratch,
+    gpg: Gpg,
+    key: PathBuf,
+}
+
+fn setup() -> Setup {
+    let scratch = Scratch::new();
+    let gpg = Gpg::new();
+    let key = gpg.export_public(&scratch.path("backup.pub.asc"));
+    Setup { scratch, gpg, key }
+}
+
+impl Setup {
+    fn config(&self, conninfo: &str, s3: Option<&str>, extra: &str) -> PathBuf {
+        let s3 = s3.map(|endpoint| support::S3Dest {
+            lock_days: 1,
+            ..support::S3Dest::new(endpoint, BUCKET)
+        });
+        let (mut body, names) = self.scratch.destinations(s3.as_ref());
+        body += &format!(
+            "[backup]\nconnection = \"{conninfo}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\n\
+             pg_bin_dir = \"/usr/lib/postgresql/15/bin\"\npart_size_mib = 5\nglobals = false\n{extra}\n",
+            self.key.display()
+        );
+        self.scratch.config(&body)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.scratch.path("state/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn actions(&self, action: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["action"] == action)
+            .collect()
+    }
+
+    /// Seed a complete old backup on the filesystem destination.
+    fn seed_fs(&self, db: &str, stamp: &str) -> PathBuf {
+        let dir = self
+            .scratch
+            .path(&format!("fs/test-host/postgres/{db}/{stamp}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{db}.dump.pgp")), b"x").unwrap();
+        std::fs::write(dir.join("manifest.json"), b"{}").unwrap();
+        dir
+    }
+}
+
+fn metric(prom: &str, series: &str) -> Option<f64> {
+    prom.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn legal_holds(moto: &Moto) -> Vec<(String, String)> {
+    moto.py(&format!(
+        "for o in s3.list_objects_v2(Bucket='{BUCKET}').get('Contents', []):\n\
+         \x20   try:\n\
+         \x20       st = s3.get_object_legal_hold(Bucket='{BUCKET}', Key=o['Key'])['LegalHold']['Status']\n\
+         \x20   except Exception:\n\
+         \x20       st = 'NONE'\n\
+         \x20   print(o['Key'], st)"
+    ))
+    .lines()
+    .map(|l| {
+        let (k, s) = l.rsplit_once(' ').unwrap();
+        (k.to_owned(), s.to_owned())
+    })
+    .collect()
+}
+
+#[test]
+fn legal_hold_stops_deletions_holds_s3_objects_and_release_lifts_them() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 10)",
+    );
+    let moto = Moto::start();
+    moto.bucket(BUCKET, true);
+    let s = setup();
+    let cfg = s.config(
+        &pg.conninfo(),
+        Some(&moto.endpoint()),
+        "databases = [\"shop\"]\nretention_days = 14\nkeep_min = 1",
+    );
+    let old_fs = s.seed_fs("shop", "20200101T000000Z");
+    // An expired backup on S3, not under any retention lock.
+    moto.py(&format!(
+        "for name in ['shop.dump.pgp', 'manifest.json']:\n\
+         \x20   body = b'{{}}'\n\
+         \x20   md5 = base64.b64encode(hashlib.md5(body).digest()).decode()\n\
+         \x20   s3.put_object(Bucket='{BUCKET}', Key='test-host/postgres/shop/20200202T000000Z/' + name, Body=body, ContentMD5=md5)"
+    ));
+
+    let st = support::agent(&cfg, &["--json", "hold", "status"]);
+    assert!(st.status.success(), "{}", support::text(&st));
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["held"], false, "{v}");
+
+    let empty = support::agent(&cfg, &["hold", "set", "--reason", "  "]);
+    assert_eq!(empty.status.code(), Some(2), "{}", support::text(&empty));
+
+    let set = support::agent(&cfg, &["hold", "set", "--reason", "case 42: Acme v. Host"]);
+    assert!(set.status.success(), "{}", support::text(&set));
+    let st = support::agent(&cfg, &["--json", "hold", "status"]);
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["held"], true, "{v}");
+    assert_eq!(v["reason"], "case 42: Acme v. Host", "{v}");
+    assert_eq!(metric(&s.scratch.prom(), "cloudnx_legal_hold"), Some(1.0));
+    let rec = s.actions("hold.set");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["detail"]["reason"], "case 42: Acme v. Host");
+
+    // A backup under the hold: retention decides, deletes nothing, says so.
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert!(
+        support::text(&out).contains("legal hold: 2 retention deletion(s) held"),
+        "{}",
+        support::text(&out)
+    );
+    assert!(
+        old_fs.join("manifest.json").exists(),
+        "held on the filesystem"
+    );
+    assert!(s.actions("backup.retention.delete").is_empty());
+    let holds = legal_holds(&moto);
+    let dumps: Vec<&(String, String)> = holds
+        .iter()
+        .filter(|(k, _)| k.ends_with(".dump.pgp") || k.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(dumps.len(), 4, "the old backup and the new one: {holds:?}");
+    assert!(
+        dumps.iter().all(|(_, st)| st == "ON"),
+        "every kept object is under legal hold: {holds:?}"
+    );
+    assert_eq!(s.actions("backup.legal_hold.on").len(), 1);
+    assert_eq!(
+        s.actions("backup.legal_hold.on")[0]["detail"]["reason"],
+        "case 42: Acme v. Host"
+    );
+
+    // Release: the agent's holds come OFF at once; the next run prunes.
+    let rel = support::agent(&cfg, &["hold", "release", "--reason", "case closed"]);
+    assert!(rel.status.success(), "{}", support::text(&rel));
+    let holds = legal_holds(&moto);
+    assert!(
+        holds.iter().all(|(_, st)| st != "ON"),
+        "release turned every hold the agent set OFF: {holds:?}"
+    );
+    let rec = s.actions("hold.release");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["detail"]["reason"], "case closed");
+    assert_eq!(rec[0]["detail"]["hold"]["reason"], "case 42: Acme v. Host");
+    assert_eq!(metric(&s.scratch.prom(), "cloudnx_legal_hold"), Some(0.0));
+
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert!(
+        !old_fs.exists(),
+        "the expired backup is pruned after release"
+    );
+    assert!(
+        !moto
+            .keys(BUCKET)
+            .iter()
+            .any(|k| k.contains("20200202T000000Z")),
+        "{:?}",
+        moto.keys(BUCKET)
+    );
+    assert_eq!(s.actions("backup.retention.delete").len(), 4);
+}
+
+#[test]
+fn a_dropped_database_is_retired_and_deleted_retention_days_after_its_newest_backup() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("postgres", "CREATE DATABASE shop");
+    let s = setup();
+    let extra = "exclude_databases = [\"postgres\"]\nretention_days = 3\nkeep_min = 5";
+    let cfg = s.config(&pg.conninfo(), None, extra);
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let shop_success =
+        "cloudnx_backup_last_success_timestamp_seconds{database=\"shop\",destination=\"local\"}";
+    assert!(metric(&s.scratch.prom(), shop_success).is_some());
+
+    pg.psql("postgres", "DROP DATABASE shop");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let prom = s.scratch.prom();
+    assert!(
+        !prom
+            .lines()
+            .any(|l| l.contains("database=\"shop\"") && !l.starts_with("cloudnx_backup_retired")),
+        "a retired database's series leave the metrics file: {prom}"
+    );
+    assert_eq!(
+        metric(
+            &prom,
+            "cloudnx_backup_retired{database=\"shop\",destination=\"local\"}"
+        ),
+        Some(1.0),
+        "{prom}"
+    );
+    assert!(metric(
+        &prom,
+        "cloudnx_backup_last_success_timestamp_seconds{database=\"app\",destination=\"local\"}"
+    )
+    .is_some());
+    let shop_dir = s.scratch.path("fs/test-host/postgres/shop");
+    assert!(
+        shop_dir.read_dir().unwrap().next().is_some(),
+        "kept for now"
+    );
+    no_alert_for_retired(&prom);
+
+    // Past retention_days with the server unreachable: nothing is retired.
+    let down = s.config(
+        &format!("host=127.0.0.1 port={} user=postgres", support::free_port()),
+        None,
+        extra,
+    );
+    let out = support::faults::agent_at("+5d", &down, &["backup"]);
+    assert!(!out.status.success(), "{}", support::text(&out));
+    assert!(
+        shop_dir.read_dir().unwrap().next().is_some(),
+        "an unreachable server retires nothing"
+    );
+    assert!(s.actions("backup.retention.delete").is_empty());
+
+    // Past retention_days with the listing: every backup of shop goes, audited.
+    let cfg = s.config(&pg.conninfo(), None, extra);
+    let out = support::faults::agent_at("+5d", &cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let left: Vec<_> = std::fs::read_dir(&shop_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "no keep floor for a retired database: {left:?}"
+    );
+    let del = s.actions("backup.retention.delete");
+    assert!(!del.is_empty());
+    assert!(
+        del.iter()
+            .all(|r| r["detail"]["reason"] == "retired" && r["detail"]["database"] == "shop"),
+        "{del:#?}"
+    );
+    let prom = s.scratch.prom();
+    assert!(!prom.contains("database=\"shop\""), "{prom}");
+    // app: two backups kept (keep_min), none retired.
+    assert!(
+        s.scratch
+            .path("fs/test-host/postgres/app")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 2
+    );
+}
+
+/// The alert rules over the metrics file (every backup aged 27 h):
+/// `CloudnxBackupTooOld` fires for the live database only, never the retired one.
+fn no_alert_for_retired(prom: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut series = String::new();
+    for l in prom
+        .lines()
+        .filter(|l| l.starts_with("cloudnx_backup_last_success"))
+    {
+        let (name, _) = l.rsplit_once(' ').unwrap();
+        let name = name.replacen('{', "{instance=\"h1\",", 1);
+        series += &format!("      - series: '{name}'\n        values: '0x1800'\n");
+    }
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/prometheus/cloudnx-agent.rules.yml");
+    let test = format!(
+        "rule_files: ['{}']\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n      - eval_time: 27h\n        alertname: CloudnxBackupTooOld\n        exp_alerts:\n          - exp_labels: {{severity: page, instance: h1, database: app, destination: local}}\n            exp_annotations:\n              summary: \"No backup of app to local on h1 for 1d 3h 0m 0s\"\n              description: \"The last backup of database app that completed on destination local is older than 26 h. Check the backup job's last error: `journalctl -u cloudnx-agent` or `cloudnx-agent backup --database app`.\"\n              runbook_url: \"file:///usr/share/doc/cloudnx-agent/operations.md#cloudnxbackuptooold\"\n",
+        rules.display()
+    );
+    let t = dir.path().join("t.yml");
+    std::fs::write(&t, test).unwrap();
+    let out = std::process::Command::new(support::require("promtool"))
+        .args(["test", "rules"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", support::text(&out));
+}
+
+#[test]
+fn no_table_name_is_readable_on_the_destination_and_restore_still_checks_counts() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE crm");
+    pg.psql(
+        "crm",
+        "CREATE TABLE patient_diagnoses_secret (id int); INSERT INTO patient_diagnoses_secret SELECT generate_series(1, 7);
+         CREATE SCHEMA payroll_zx; CREATE TABLE payroll_zx.salaries_qq (id int);",
+    );
+    let s = setup();
+    let cfg = s.config(&pg.conninfo(), None, "databases = [\"crm\"]");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let fs = s.scratch.path("fs");
+    for name in ["patient_diagnoses_secret", "payroll_zx", "salaries_qq"] {
+        let grep = std::process::Command::new("grep")
+            .args(["-r", "-a", "-l", name])
+            .arg(&fs)
+            .output()
+            .unwrap();
+        assert_eq!(
+            grep.status.code(),
+            Some(1),
+            "{name} readable on the destination: {}",
+            support::text(&grep)
+        );
+    }
+    // The counts are there, encrypted to the backup's recipients.
+    let manifest = std::fs::read_dir(fs.join("test-host/postgres/crm"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("manifest.json"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let m = s.gpg.manifest(&manifest);
+    assert_eq!(m["row_counts"]["public.patient_diagnoses_secret"], 7, "{m}");
+    assert_eq!(m["row_counts"]["payroll_zx.salaries_qq"], 0, "{m}");
+}
