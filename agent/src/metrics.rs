@@ -527,7 +527,7 @@ mod tests {
         store
             .apply(&MetricsUpdate {
                 clear: vec![Family::LuksCheckFailed],
-                set: vec![],
+                ..Default::default()
             })
             .unwrap();
         assert!(!std::fs::read_to_string(store.textfile())

@@ -35,6 +35,9 @@ fragment! {
         object_lock_days: u32 = (0),
         /// Path-style addressing (default true: MinIO, most S3-compatibles).
         path_style: bool = (true),
+        /// PEM CA certificates trusted for this endpoint besides the public roots
+        /// (an on-premises S3 with a private CA).
+        ca_file: PathBuf = optional,
     }
     /// Filesystem settings.
     #[derive(Debug)]
@@ -150,6 +153,7 @@ impl From<&S3Destination> for crate::store::s3::S3Settings {
             object_lock_days: d.object_lock_days,
             path_style: d.path_style,
             min_tls: crate::tls_floor::TlsFloor::default(),
+            ca_file: d.ca_file.clone(),
         }
     }
 }

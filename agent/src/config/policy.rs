@@ -13,7 +13,7 @@ fragment! {
     /// `[policy]` as written in one file.
     raw RawPolicy;
     /// Validated `[policy]`.
-    #[derive(Debug, Clone, PartialEq)]
+    #[derive(Debug, Clone, PartialEq, Default)]
     pub struct PolicyConfig {
         /// Lowest TLS version of every outbound HTTPS client (S3, Proxmox, Alertmanager): "1.2" or "1.3".
         min_tls_version: TlsFloor = ("1.3"),
@@ -35,16 +35,6 @@ impl Key for TlsFloor {
                 "write \"1.3\" (the default) or \"1.2\"".into(),
             )
         })
-    }
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            min_tls_version: TlsFloor::default(),
-            allowed_endpoints: Vec::new(),
-            allowed_regions: Vec::new(),
-        }
     }
 }
 
@@ -78,7 +68,7 @@ impl PolicyConfig {
         if parsed.scheme() == "http" && !is_loopback(host) {
             return Some((
                 format!("{key} {url:?} is plain http:// to {host}, which is not this host: everything leaving the host goes over TLS {}+", self.min_tls_version.as_str()),
-                format!("use https:// (http:// is accepted only for 127.0.0.1, ::1 or localhost)"),
+                "use https:// (http:// is accepted only for 127.0.0.1, ::1 or localhost)".into(),
             ));
         }
         if !self.allowed_endpoints.is_empty()

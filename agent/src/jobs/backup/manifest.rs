@@ -28,14 +28,10 @@ pub const DETAILS: &str = "manifest.details.pgp";
 /// What the manifest says only encrypted: the table names and row counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Details {
-    /// Exact row counts inside the dumped snapshot (None: not counted, or
-    /// — in what is written — in the encrypted [`Details`]; filled from them
-    /// after decryption).
+    /// Exact row counts inside the dumped snapshot (None: not counted).
     pub row_counts: Option<BTreeMap<String, i64>>,
-    /// SHA-256 (hex) of the encrypted [`DETAILS`] object, when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details_sha256: Option<String>,
 }
+
 /// Reserved "database" name of the globals backup.
 pub const GLOBALS: &str = "_globals";
 

@@ -113,6 +113,8 @@ pub struct Target<'a> {
     pub secret_key: &'a str,
     /// The lowest TLS version accepted from an `https://` endpoint.
     pub min_tls: crate::tls_floor::TlsFloor,
+    /// PEM certificates trusted besides the public roots.
+    pub ca_pem: Option<&'a [u8]>,
 }
 
 impl Transport {
@@ -128,9 +130,18 @@ impl Transport {
                 target.endpoint
             ))
         })?;
-        let http = target
-            .min_tls
-            .apply(reqwest::Client::builder())
+        let mut builder = target.min_tls.apply(reqwest::Client::builder());
+        if let Some(pem) = target.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Cause::Setup(format!("the ca_file is not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(Cause::Setup("the ca_file holds no certificate".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(30))
             .build()
@@ -432,6 +443,7 @@ mod tests {
                 access_key: "k",
                 secret_key: "s",
                 min_tls: crate::tls_floor::TlsFloor::V1_3,
+                ca_pem: None,
             },
             CancellationToken::new(),
             limits,
