@@ -195,7 +195,15 @@ fn backup_to_s3_and_filesystem_opens_with_gpg_and_restores_exactly() {
             &format!("test-host/postgres/{db}/{stamp}/manifest.json"),
         ))
         .unwrap();
-        assert_eq!(&s3_manifest, m);
+        let plain_manifest: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(s3_manifest, plain_manifest);
+        // The encrypted details beside it are the same object too.
+        let details = moto.get(
+            BUCKET,
+            &format!("test-host/postgres/{db}/{stamp}/manifest.details.pgp"),
+        );
+        assert_eq!(sha256_hex(&details), plain_manifest["details_sha256"]);
 
         // Object Lock as HeadObject reports it.
         let lock = moto.py(&format!(

@@ -315,7 +315,7 @@ fn no_alert_for_retired(prom: &str) {
 }
 
 #[test]
-fn no_table_name_is_readable_on_the_destination_and_restore_still_checks_counts() {
+fn no_table_name_is_readable_on_the_destination_and_the_counts_travel_encrypted() {
     let pg = Pg::start();
     pg.psql("postgres", "CREATE DATABASE crm");
     pg.psql(
