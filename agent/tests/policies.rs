@@ -352,3 +352,221 @@ fn no_table_name_is_readable_on_the_destination_and_the_counts_travel_encrypted(
     assert_eq!(m["row_counts"]["public.patient_diagnoses_secret"], 7, "{m}");
     assert_eq!(m["row_counts"]["payroll_zx.salaries_qq"], 0, "{m}");
 }
+
+/// A TLS 1.2-only proxy (Python's ssl, pinned to TLS 1.2) in front of `upstream`.
+struct Tls12Proxy {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Tls12Proxy {
+    fn start(cert: &std::path::Path, key: &std::path::Path, upstream: u16) -> Tls12Proxy {
+        let port = support::free_port();
+        let script = format!(
+            r#"
+import socket, ssl, threading, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.load_cert_chain({cert:?}, {key:?})
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(('127.0.0.1', {port}))
+srv.listen(64)
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except Exception:
+        pass
+    for s in (a, b):
+        try:
+            s.close()
+        except Exception:
+            pass
+def handle(c):
+    try:
+        s = ctx.wrap_socket(c, server_side=True)
+    except Exception:
+        c.close()
+        return
+    u = socket.create_connection(('127.0.0.1', {upstream}))
+    threading.Thread(target=pipe, args=(s, u), daemon=True).start()
+    pipe(u, s)
+print('ready', flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#,
+            cert = cert.display().to_string(),
+            key = key.display().to_string(),
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Tls12Proxy { child, port }
+    }
+}
+
+impl Drop for Tls12Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_s3_endpoint_below_the_tls_floor_fails_the_backup_naming_it_and_the_version() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    let moto = Moto::start();
+    moto.bucket(BUCKET, false);
+    let s = setup();
+    let pki = support::tls::Pki::new(&s.scratch.path("pki"), "test-host");
+    let proxy = Tls12Proxy::start(&pki.control_plane.cert, &pki.control_plane.key, moto.port);
+    // openssl agrees the proxy speaks 1.2 and refuses 1.3.
+    let probe = |flag: &str| {
+        std::process::Command::new(support::require("openssl"))
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", proxy.port),
+                flag,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(probe("-tls1_2"));
+    assert!(!probe("-tls1_3"));
+
+    let endpoint = format!("https://127.0.0.1:{}", proxy.port);
+    let id = s.scratch.secret("secrets/s3.id", "test");
+    let secret = s.scratch.secret("secrets/s3.secret", "test");
+    let config = |policy: &str| {
+        s.scratch.config(&format!(
+            "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
+             ca_file = \"{}\"\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\n\
+             [backup]\nconnection = \"{}\"\ndestinations = [\"s3\"]\nencrypt_to = [\"{}\"]\n\
+             pg_bin_dir = \"/usr/lib/postgresql/15/bin\"\ndatabases = [\"shop\"]\nglobals = false\n\n{policy}",
+            pki.ca.display(),
+            id.display(),
+            secret.display(),
+            pg.conninfo(),
+            s.key.display()
+        ))
+    };
+    let cfg = config("");
+    let out = support::agent(&cfg, &["backup"]);
+    let t = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("{endpoint} does not speak TLS 1.3 or newer")),
+        "the error names the endpoint and the version: {t}"
+    );
+    assert!(moto
+        .keys(BUCKET)
+        .iter()
+        .all(|k| !k.ends_with("manifest.json")));
+
+    let cfg = config("[policy]\nmin_tls_version = \"1.2\"\n");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert!(
+        moto.keys(BUCKET)
+            .iter()
+            .any(|k| k.ends_with("manifest.json")),
+        "{:?}",
+        moto.keys(BUCKET)
+    );
+}
+
+#[test]
+fn plain_http_off_the_host_and_endpoints_or_regions_outside_the_policy_are_config_errors() {
+    let s = Scratch::new();
+    let id = s.secret("secrets/s3.id", "test");
+    let secret = s.secret("secrets/s3.secret", "test");
+    let dest = |endpoint: &str, region: &str| {
+        format!(
+            "[[destinations]]\nname = \"s3\"\ntype = \"s3\"\nendpoint = \"{endpoint}\"\n{region}bucket = \"b\"\n\
+             access_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\n",
+            id.display(),
+            secret.display()
+        )
+    };
+    let check = |body: &str| {
+        let cfg = s.config(body);
+        let o = support::agent(&cfg, &["check-config"]);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        (o.status.code(), support::text(&o), text)
+    };
+    // file:line:col of `needle`'s value in the written file.
+    let at = |text: &str, needle: &str| {
+        let (n, l) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains(needle))
+            .unwrap();
+        format!("agent.toml:{}:{}:", n + 1, l.find('"').unwrap() + 1)
+    };
+
+    let (code, out, text) = check(&dest("http://198.51.100.7:9000", ""));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains(&at(&text, "198.51.100.7")), "{out}");
+    assert!(
+        out.contains("plain http://") && out.contains("use https://"),
+        "{out}"
+    );
+
+    // Loopback http:// is fine, and the default floor, no lists: all good.
+    let (code, out, _) = check(&dest("http://127.0.0.1:9000", ""));
+    assert_eq!(code, Some(0), "{out}");
+
+    let policy = "[policy]\nallowed_endpoints = [\"*.your-objectstorage.com\"]\nallowed_regions = [\"hel1\"]\n";
+    let (code, out, text) = check(&format!(
+        "{}{policy}",
+        dest("https://s3.elsewhere.example", "region = \"hel1\"\n")
+    ));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains(&at(&text, "s3.elsewhere.example")), "{out}");
+    assert!(out.contains("outside [policy] allowed_endpoints"), "{out}");
+
+    let (code, out, text) = check(&format!(
+        "{}{policy}",
+        dest(
+            "https://hel1.your-objectstorage.com",
+            "region = \"us-east-1\"\n"
+        )
+    ));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains(&at(&text, "region =")), "{out}");
+    assert!(out.contains("outside [policy] allowed_regions"), "{out}");
+
+    let (code, out, _) = check(&format!(
+        "{}{policy}",
+        dest("https://hel1.your-objectstorage.com", "region = \"hel1\"\n")
+    ));
+    assert_eq!(code, Some(0), "{out}");
+
+    let (code, out, _) = check("[policy]\nmin_tls_version = \"1.1\"\n");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("min_tls_version") && out.contains("\"1.2\""),
+        "{out}"
+    );
+}
