@@ -33,10 +33,15 @@ impl Setup {
             ..support::S3Dest::new(endpoint, BUCKET)
         });
         let (mut body, names) = self.scratch.destinations(s3.as_ref());
+        // `extra` may name its own recipients.
+        let to = if extra.contains("encrypt_to") {
+            String::new()
+        } else {
+            format!("encrypt_to = [\"{}\"]\n", self.key.display())
+        };
         body += &format!(
-            "[backup]\nconnection = \"{conninfo}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\n\
-             pg_bin_dir = \"/usr/lib/postgresql/15/bin\"\npart_size_mib = 5\nglobals = false\n{extra}\n",
-            self.key.display()
+            "[backup]\nconnection = \"{conninfo}\"\ndestinations = [{names}]\n{to}\
+             pg_bin_dir = \"/usr/lib/postgresql/15/bin\"\npart_size_mib = 5\nglobals = false\n{extra}\n"
         );
         self.scratch.config(&body)
     }
@@ -569,4 +574,53 @@ fn plain_http_off_the_host_and_endpoints_or_regions_outside_the_policy_are_confi
         out.contains("min_tls_version") && out.contains("\"1.2\""),
         "{out}"
     );
+}
+
+#[test]
+fn recipient_key_dates_match_gpg_with_colons_and_a_removed_key_loses_its_series() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    let s = setup();
+    let expiring = Gpg::expiring("1y");
+    // A later self-signature moves the expiry: the newest one counts.
+    expiring.set_expire("2y");
+    let second = expiring.export_public(&s.scratch.path("second.pub.asc"));
+    let cfg = s.config(
+        &pg.conninfo(),
+        None,
+        &format!(
+            "databases = [\"shop\"]\nencrypt_to = [\"{}\", \"{}\"]",
+            s.key.display(),
+            second.display()
+        ),
+    );
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let prom = s.scratch.prom();
+    for (g, name) in [(&s.gpg, "never"), (&expiring, "2y")] {
+        let (created, expires) = g.colon_dates();
+        let key = format!("{{key=\"openpgp:{}\"}}", g.fingerprint);
+        assert_eq!(
+            metric(
+                &prom,
+                &format!("cloudnx_key_created_timestamp_seconds{key}")
+            ),
+            Some(created as f64),
+            "{name}: {prom}"
+        );
+        assert_eq!(
+            metric(&prom, &format!("cloudnx_key_expiry_timestamp_seconds{key}")),
+            expires.map(|e| e as f64),
+            "{name}: {prom}"
+        );
+    }
+    assert!(expiring.colon_dates().1.is_some(), "the 2y key expires");
+
+    // The second key is no longer a recipient: its series go.
+    let cfg = s.config(&pg.conninfo(), None, "databases = [\"shop\"]");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let prom = s.scratch.prom();
+    assert!(!prom.contains(&expiring.fingerprint), "{prom}");
+    assert!(prom.contains(&s.gpg.fingerprint), "{prom}");
 }
