@@ -152,6 +152,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     key_metrics(&recipients, &mut metrics);
     let mut retention_log = Vec::new();
     let mut failures = Vec::new();
+    // Destinations whose retention failed this run: not asked again below.
+    let mut broken: BTreeSet<String> = BTreeSet::new();
     let now = chrono::Utc::now();
     // A legal hold (or a hold file that cannot be read) stops every deletion;
     // the decisions are still made and reported as held.
@@ -199,6 +201,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
                     retention_log.extend(log);
                 }
                 Err(e) => {
+                    broken.insert(d.name.clone());
                     failures.push(format!("retention of {} on {}: {e:#}", r.database, d.name))
                 }
             }
@@ -237,7 +240,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         ] {
             metrics.keep_only(f, "database", live.clone());
         }
-        for dest in &dests {
+        for dest in dests.iter().filter(|d| !broken.contains(d.name())) {
             match env.retire(dest.as_ref(), &live, now).await {
                 Ok((kept, log)) => {
                     for (db, n) in kept.iter().filter(|(_, n)| **n > 0) {
