@@ -259,6 +259,11 @@ fn a_dropped_database_is_retired_and_deleted_retention_days_after_its_newest_bac
     );
     assert!(s.actions("backup.retention.delete").is_empty());
 
+    // Another agent's old backup of a database this server does not have
+    // (a shared prefix): reported, never retired by this agent.
+    let theirs = s.seed_fs("theirs", "20200101T000000Z");
+    std::fs::write(theirs.join(".writer"), "0123456789abcdef backup-x").unwrap();
+
     // Past retention_days with the listing: every backup of shop goes, audited.
     let cfg = s.config(&pg.conninfo(), None, extra);
     let out = support::faults::agent_at("+5d", &cfg, &["backup"]);
@@ -279,6 +284,15 @@ fn a_dropped_database_is_retired_and_deleted_retention_days_after_its_newest_bac
     );
     let prom = s.scratch.prom();
     assert!(!prom.contains("database=\"shop\""), "{prom}");
+    assert!(
+        theirs.join("manifest.json").exists(),
+        "another writer's backup is left alone"
+    );
+    assert_eq!(
+        metric(&prom, "cloudnx_backup_shared_prefix{destination=\"local\"}"),
+        Some(1.0),
+        "{prom}"
+    );
     // app: two backups kept (keep_min), none retired.
     assert!(
         s.scratch

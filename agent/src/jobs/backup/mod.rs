@@ -991,6 +991,17 @@ impl Env<'_> {
                 .filter_map(|(s, _)| retention::parse_stamp(s))
                 .max();
             let complete = stamps.values().filter(|(c, _)| *c).count();
+            // Written by another agent under this prefix (a shared prefix is
+            // reported, never acted on): its databases are not ours to retire.
+            if let Some(t) = newest {
+                let dir = stamp_dir(self.prefix(dest.name()), &seg, &retention::stamp(t));
+                if let Ok(Some(w)) = dest.writer(&dir).await {
+                    if writer_of(&w) != self.writer {
+                        self.note_foreign(dest.name(), &w);
+                        continue;
+                    }
+                }
+            }
             let expired = newest.is_some_and(|t| t + chrono::Duration::days(days) < now);
             if !expired {
                 kept.insert(database, complete);
