@@ -638,3 +638,64 @@ fn recipient_key_dates_match_gpg_with_colons_and_a_removed_key_loses_its_series(
     assert!(!prom.contains(&expiring.fingerprint), "{prom}");
     assert!(prom.contains(&s.gpg.fingerprint), "{prom}");
 }
+
+#[test]
+fn an_alertmanager_below_the_tls_floor_is_named_with_the_version() {
+    let s = Scratch::new();
+    let pki = support::tls::Pki::new(&s.path("pki"), "test-host");
+    let port = support::free_port();
+    let _server = Killed(
+        std::process::Command::new(support::require("openssl"))
+            .args(["s_server", "-accept", &port.to_string(), "-tls1_2", "-www"])
+            .arg("-cert")
+            .arg(&pki.control_plane.cert)
+            .arg("-key")
+            .arg(&pki.control_plane.key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}");
+    let page = cloudnx_agent::alert::Page {
+        alertname: "CloudnxRestoreDrillFailed",
+        summary: "s".into(),
+        description: "d".into(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(cloudnx_agent::alert::send(
+            &url,
+            "test-host",
+            &page,
+            cloudnx_agent::tls_floor::TlsFloor::V1_3,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("{url} does not speak TLS 1.3 or newer")),
+        "{e}"
+    );
+}
+
+/// A child process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
