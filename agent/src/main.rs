@@ -259,7 +259,7 @@ fn main() -> ExitCode {
                 verb: AuditVerb::PublicKey,
             } => cli::audit::public_key(config),
             Verb::Hold { verb } => match verb {
-                HoldVerb::Set { reason } => cli::hold::set(config, &reason),
+                HoldVerb::Set { reason } => cli::hold::set(config, &reason).await,
                 HoldVerb::Release { reason } => cli::hold::release(config, reason.as_deref()).await,
                 HoldVerb::Status => cli::hold::status(config, json),
             },

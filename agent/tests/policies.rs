@@ -132,6 +132,16 @@ fn legal_hold_stops_deletions_holds_s3_objects_and_release_lifts_them() {
 
     let set = support::agent(&cfg, &["hold", "set", "--reason", "case 42: Acme v. Host"]);
     assert!(set.status.success(), "{}", support::text(&set));
+    // At once: the backup already on S3 is under legal hold before any run.
+    let holds = legal_holds(&moto);
+    assert_eq!(
+        holds
+            .iter()
+            .filter(|(k, st)| k.contains("20200202T000000Z") && st == "ON")
+            .count(),
+        2,
+        "{holds:?}"
+    );
     let st = support::agent(&cfg, &["--json", "hold", "status"]);
     let v: Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(v["held"], true, "{v}");
@@ -164,11 +174,12 @@ fn legal_hold_stops_deletions_holds_s3_objects_and_release_lifts_them() {
         dumps.iter().all(|(_, st)| st == "ON"),
         "every kept object is under legal hold: {holds:?}"
     );
-    assert_eq!(s.actions("backup.legal_hold.on").len(), 1);
-    assert_eq!(
-        s.actions("backup.legal_hold.on")[0]["detail"]["reason"],
-        "case 42: Acme v. Host"
-    );
+    // hold set held the old backup, the run the new one.
+    let on = s.actions("backup.legal_hold.on");
+    assert_eq!(on.len(), 2, "{on:#?}");
+    assert!(on
+        .iter()
+        .all(|r| r["detail"]["reason"] == "case 42: Acme v. Host"));
 
     // Release: the agent's holds come OFF at once; the next run prunes.
     let rel = support::agent(&cfg, &["hold", "release", "--reason", "case closed"]);

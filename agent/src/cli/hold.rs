@@ -43,8 +43,9 @@ fn load(config: Option<PathBuf>) -> Result<Config, u8> {
     Ok(cfg)
 }
 
-/// `hold set --reason TEXT`: from now on retention deletes nothing.
-pub fn set(config: Option<PathBuf>, reason: &str) -> u8 {
+/// `hold set --reason TEXT`: from now on retention deletes nothing, and the
+/// backups on S3 destinations with Object Lock get legal holds.
+pub async fn set(config: Option<PathBuf>, reason: &str) -> u8 {
     let reason = reason.trim();
     if reason.is_empty() {
         eprintln!("cloudnx-agent: hold set: --reason must say why (a case or ticket reference)");
@@ -79,7 +80,46 @@ pub fn set(config: Option<PathBuf>, reason: &str) -> u8 {
         "legal hold set ({}): retention deletes nothing until `cloudnx-agent hold release`",
         h.reason
     );
-    EXIT_OK
+    // At once, not at the next backup run: every backup already on an S3
+    // destination with Object Lock gets its legal hold ON.
+    let mut code = EXIT_OK;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    for d in &cfg.destinations {
+        if !matches!(&d.kind, crate::config::DestinationKind::S3(s) if s.object_lock_days > 0) {
+            continue;
+        }
+        let held = match d.open(1, &cancel) {
+            Ok(dest) => {
+                crate::jobs::object_holds::hold_backups(dest.as_ref(), &d.prefix, &cfg.state_dir)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match held {
+            Ok(keys) => {
+                println!(
+                    "{}: Object Lock legal hold ON for {} object(s)",
+                    d.name,
+                    keys.len()
+                );
+                if !keys.is_empty() {
+                    let detail = json!({"destination": d.name, "keys": keys, "reason": h.reason});
+                    if let Err(e) = audit(&cfg, "backup.legal_hold.on", detail) {
+                        eprintln!("cloudnx-agent: recording legal holds set: {e:#}");
+                        code = EXIT_FAILED;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "cloudnx-agent: {}: {e:#}; the hold is in force (nothing is deleted), and the next backup run sets the Object Lock holds",
+                    d.name
+                );
+                code = EXIT_FAILED;
+            }
+        }
+    }
+    code
 }
 
 /// `hold release`: retention may delete again; the agent's Object Lock

@@ -74,6 +74,30 @@ pub async fn hold(
     }
 }
 
+/// Turn the legal hold ON for every object of every complete database
+/// backup under `prefix` (what `hold set` protects at once, before any
+/// backup run). Returns the keys newly held.
+pub async fn hold_backups(
+    dest: &dyn Destination,
+    prefix: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let root = crate::jobs::backup::manifest::postgres_dir(prefix);
+    let keys: Vec<String> = dest.list(&root).await?.into_iter().map(|o| o.key).collect();
+    let dirs: BTreeSet<String> = crate::jobs::catalog::complete(&root, &keys)
+        .iter()
+        .map(|c| format!("{root}{}/{}/", c.segment, c.stamp))
+        .collect();
+    let wanted: Vec<String> = keys
+        .into_iter()
+        .filter(|k| {
+            k.rsplit_once('/')
+                .is_some_and(|(d, _)| dirs.contains(&format!("{d}/")))
+        })
+        .collect();
+    hold(dest, &wanted, state_dir).await
+}
+
 /// Turn OFF every hold the agent set on `dest`. Returns the keys lifted; a
 /// key whose hold could not be lifted stays in the ledger (retried next time)
 /// and the error says which.
