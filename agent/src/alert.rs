@@ -17,18 +17,29 @@ pub struct Page {
 }
 
 /// `POST {url}/api/v2/alerts` with one alert (severity `page`, the host's
-/// `host_id`), within 10 seconds.
-pub async fn send(url: &str, host_id: &str, page: &Page) -> anyhow::Result<()> {
+/// `host_id`), within 10 seconds, over TLS no older than `min_tls` when the
+/// URL is `https://`.
+pub async fn send(
+    url: &str,
+    host_id: &str,
+    page: &Page,
+    min_tls: crate::tls_floor::TlsFloor,
+) -> anyhow::Result<()> {
     let body = json!([{
         "labels": {"alertname": page.alertname, "severity": "page", "host_id": host_id},
         "annotations": {"summary": page.summary, "description": page.description},
     }]);
-    let r = reqwest::Client::new()
+    let client = min_tls.apply(reqwest::Client::builder()).build()?;
+    let r = client
         .post(format!("{}/api/v2/alerts", url.trim_end_matches('/')))
         .timeout(std::time::Duration::from_secs(10))
         .json(&body)
         .send()
-        .await?;
+        .await
+        .map_err(|e| match min_tls.explain(url, &e) {
+            Some(words) => anyhow::anyhow!(words),
+            None => e.into(),
+        })?;
     if !r.status().is_success() {
         bail!("HTTP {}", r.status());
     }

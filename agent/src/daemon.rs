@@ -33,7 +33,7 @@ fn notify(states: &[NotifyState]) {
 fn schedule_metrics(runner: &Runner) -> MetricsUpdate {
     let mut u = MetricsUpdate {
         clear: vec![Family::JobNextRun],
-        set: vec![],
+        ..Default::default()
     };
     for (k, t) in runner.next_fires(Utc::now()) {
         u.set(
@@ -42,6 +42,9 @@ fn schedule_metrics(runner: &Runner) -> MetricsUpdate {
             t.timestamp() as f64,
         );
     }
+    // The legal hold is shown from the daemon's start, whatever runs when.
+    let held = crate::hold::holding(&runner.config().state_dir);
+    u.set(Family::LegalHold, &[], if held { 1.0 } else { 0.0 });
     u
 }
 

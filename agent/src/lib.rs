@@ -45,6 +45,8 @@ pub mod runner;
 pub mod schedule;
 /// Backup destinations: the Destination trait, filesystem and S3.
 pub mod store;
+/// The TLS floor of every outbound HTTPS client (`[policy] min_tls_version`).
+pub mod tls_floor;
 /// Small shared helpers.
 pub mod util;
 /// Weekly maintenance windows in a time zone.

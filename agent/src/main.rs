@@ -65,6 +65,29 @@ enum Verb {
         #[command(subcommand)]
         verb: AuditVerb,
     },
+    /// The legal hold: while set, retention deletes nothing (SPEC §10).
+    Hold {
+        #[command(subcommand)]
+        verb: HoldVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldVerb {
+    /// Set the legal hold (audited with the reason).
+    Set {
+        /// Why: a case or ticket reference.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Release it and turn OFF the Object Lock legal holds the agent set.
+    Release {
+        /// Why it is released (recorded in the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Whether a hold is set.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -235,6 +258,11 @@ fn main() -> ExitCode {
             Verb::Audit {
                 verb: AuditVerb::PublicKey,
             } => cli::audit::public_key(config),
+            Verb::Hold { verb } => match verb {
+                HoldVerb::Set { reason } => cli::hold::set(config, &reason).await,
+                HoldVerb::Release { reason } => cli::hold::release(config, reason.as_deref()).await,
+                HoldVerb::Status => cli::hold::status(config, json),
+            },
         }
     });
     ExitCode::from(code)

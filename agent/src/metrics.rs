@@ -106,6 +106,11 @@ families! {
     HostInMaintenanceWindow = "cloudnx_host_in_maintenance_window", Gauge, [], "1 while the configured maintenance window was open at the last posture run.";
     HostMaintenanceWindowLastEnd = "cloudnx_host_maintenance_window_last_end_timestamp_seconds", Gauge, [], "When the latest maintenance window that is over ended.";
     HostMaintenanceWindowNextStart = "cloudnx_host_maintenance_window_next_start_timestamp_seconds", Gauge, [], "When the next maintenance window opens.";
+    // Policies (SPEC §10).
+    LegalHold = "cloudnx_legal_hold", Gauge, [], "1 while a legal hold is set: retention deletes nothing.";
+    BackupRetired = "cloudnx_backup_retired", Gauge, ["database", "destination"], "Complete backups still kept of a retired database (dropped or no longer selected); deleted retention_days after its newest.";
+    KeyExpiry = "cloudnx_key_expiry_timestamp_seconds", Gauge, ["key"], "When the key expires (OpenPGP recipients `openpgp:<fingerprint>`, the audit key `audit:<kid>`); absent for a key that never expires.";
+    KeyCreated = "cloudnx_key_created_timestamp_seconds", Gauge, ["key"], "When the key was created.";
 }
 
 impl Family {
@@ -132,6 +137,9 @@ pub struct MetricsUpdate {
     /// Families whose every series is dropped before `set` is applied
     /// (for families a run fully re-describes, e.g. per-check failures).
     pub clear: Vec<Family>,
+    /// Series to keep only if live (a retired database, a guest gone from
+    /// this node, a recipient key no longer configured), dropped before `set`.
+    pub keep_only: Vec<KeepOnly>,
     /// Series to set.
     pub set: Vec<Sample>,
 }
@@ -150,6 +158,48 @@ impl MetricsUpdate {
             family,
             labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             value,
+        });
+    }
+}
+
+/// Of a family's series whose `label` starts with `scope`, keep only those
+/// whose value is in `live`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepOnly {
+    /// The family.
+    pub family: Family,
+    /// The label judged.
+    pub label: &'static str,
+    /// Only values with this prefix are judged ("" for all).
+    pub scope: &'static str,
+    /// The values still live.
+    pub live: std::collections::BTreeSet<String>,
+}
+
+impl MetricsUpdate {
+    /// Drop `family`'s series whose `label` is not in `live`.
+    pub fn keep_only(
+        &mut self,
+        family: Family,
+        label: &'static str,
+        live: std::collections::BTreeSet<String>,
+    ) {
+        self.keep_scoped(family, label, "", live);
+    }
+
+    /// Drop `family`'s series whose `label` starts with `scope` and is not in `live`.
+    pub fn keep_scoped(
+        &mut self,
+        family: Family,
+        label: &'static str,
+        scope: &'static str,
+        live: std::collections::BTreeSet<String>,
+    ) {
+        self.keep_only.push(KeepOnly {
+            family,
+            label,
+            scope,
+            live,
         });
     }
 }
@@ -298,6 +348,15 @@ impl MetricsStore {
         for f in &update.clear {
             state.families.remove(f.name());
         }
+        for k in &update.keep_only {
+            if let Some(series) = state.families.get_mut(k.family.name()) {
+                series.retain(|key, _| {
+                    parse_label_key(key)
+                        .and_then(|l| l.get(k.label).cloned())
+                        .is_none_or(|v| !v.starts_with(k.scope) || k.live.contains(&v))
+                });
+            }
+        }
         for s in &update.set {
             state
                 .families
@@ -419,6 +478,37 @@ mod tests {
     }
 
     #[test]
+    fn keep_only_drops_the_series_of_retired_label_values() {
+        let d = tempfile::tempdir().unwrap();
+        let store = MetricsStore::new(d.path(), d.path(), "h1");
+        let mut a = MetricsUpdate::default();
+        for db in ["app", "gone"] {
+            a.set(
+                Family::BackupLastSuccess,
+                &[("database", db), ("destination", "s3")],
+                1.0,
+            );
+        }
+        a.set(Family::BackupLastSize, &[("database", "gone")], 2.0);
+        store.apply(&a).unwrap();
+        let live: std::collections::BTreeSet<String> = ["app".to_owned()].into();
+        let mut u = MetricsUpdate::default();
+        u.keep_only(Family::BackupLastSuccess, "database", live);
+        store.apply(&u).unwrap();
+        let text = std::fs::read_to_string(store.textfile()).unwrap();
+        assert!(text.contains("database=\"app\""), "{text}");
+        assert!(
+            !text.contains("cloudnx_backup_last_success_timestamp_seconds{database=\"gone\""),
+            "{text}"
+        );
+        // Only the named family is touched.
+        assert!(
+            text.contains("cloudnx_backup_last_size_bytes{database=\"gone\"}"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn clear_drops_a_whole_family_and_labels_are_escaped() {
         let d = tempfile::tempdir().unwrap();
         let store = MetricsStore::new(d.path(), d.path(), "h1");
@@ -437,7 +527,7 @@ mod tests {
         store
             .apply(&MetricsUpdate {
                 clear: vec![Family::LuksCheckFailed],
-                set: vec![],
+                ..Default::default()
             })
             .unwrap();
         assert!(!std::fs::read_to_string(store.textfile())

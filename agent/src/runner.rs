@@ -567,7 +567,10 @@ impl Runner {
             tracing::error!(job = %run.id, "queueing the job.finished event: {e:#}");
         }
         if let (Some(page), Some(url)) = (&outcome.page, run.kind.pager(&run.cfg)) {
-            if let Err(e) = crate::alert::send(url, &run.cfg.host_id, page).await {
+            if let Err(e) =
+                crate::alert::send(url, &run.cfg.host_id, page, run.cfg.policy.min_tls_version)
+                    .await
+            {
                 tracing::error!(job = %run.id, "paging Alertmanager at {url}: {e:#}");
             }
         }

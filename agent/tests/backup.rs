@@ -106,8 +106,7 @@ impl Setup {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let m = e.path().join("manifest.json");
             if m.is_file() {
-                let v: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-                out.push((e.path(), v));
+                out.push((e.path(), self.gpg.manifest(&m)));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -196,7 +195,15 @@ fn backup_to_s3_and_filesystem_opens_with_gpg_and_restores_exactly() {
             &format!("test-host/postgres/{db}/{stamp}/manifest.json"),
         ))
         .unwrap();
-        assert_eq!(&s3_manifest, m);
+        let plain_manifest: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(s3_manifest, plain_manifest);
+        // The encrypted details beside it are the same object too.
+        let details = moto.get(
+            BUCKET,
+            &format!("test-host/postgres/{db}/{stamp}/manifest.details.pgp"),
+        );
+        assert_eq!(sha256_hex(&details), plain_manifest["details_sha256"]);
 
         // Object Lock as HeadObject reports it.
         let lock = moto.py(&format!(

@@ -16,19 +16,19 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn manifests(root: &Path) -> Vec<Value> {
-    fn walk(d: &Path, out: &mut Vec<Value>) {
+fn manifests(rig: &Rig) -> Vec<Value> {
+    fn walk(rig: &Rig, d: &Path, out: &mut Vec<Value>) {
         for e in std::fs::read_dir(d).unwrap().flatten() {
             let p = e.path();
             if p.is_dir() {
-                walk(&p, out);
+                walk(rig, &p, out);
             } else if p.file_name().unwrap() == "manifest.json" {
-                out.push(serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap());
+                out.push(rig.gpg.manifest(&p));
             }
         }
     }
     let mut out = Vec::new();
-    walk(root, &mut out);
+    walk(rig, &rig.fs(), &mut out);
     out
 }
 
@@ -75,7 +75,7 @@ fn odd_names_back_up_and_restore_by_name_and_a_failing_database_fails_alone() {
         assert!(!err.contains(&format!("{name}:")), "{name} failed: {err}");
     }
     // Every manifest names its real database; every key stays inside the destination.
-    let ms = manifests(&rig.fs());
+    let ms = manifests(&rig);
     let mut names: Vec<&str> = ms.iter().map(|m| m["database"].as_str().unwrap()).collect();
     names.sort_unstable();
     let mut want: Vec<&str> = ODD.iter().copied().chain(["app"]).collect();
@@ -158,7 +158,7 @@ fn counts_beside_the_dump_are_exact_for_its_snapshot_while_writes_go_on() {
     let batches = writer.join().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(batches > 2, "the writer ran {batches} batches");
-    let m = manifests(&rig.fs()).pop().unwrap();
+    let m = manifests(&rig).pop().unwrap();
     let counted = m["row_counts"]["public.t"].as_i64().unwrap();
     let live: i64 = rig
         .pg
@@ -225,7 +225,7 @@ fn four_databases_two_at_a_time_have_complete_manifests_and_one_fails_alone() {
         let failed = d["error"].is_string();
         assert_eq!(failed, d["database"] == "shut", "{d}");
     }
-    let ms = manifests(&rig.fs());
+    let ms = manifests(&rig);
     assert_eq!(ms.len(), 4);
     for m in &ms {
         let dir = rig

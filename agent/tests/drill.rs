@@ -53,7 +53,7 @@ impl Setup {
         let (mut body, names) = self.scratch.destinations(s3.as_ref());
         body += &format!(
             "[backup]\nconnection = \"{}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\n\
-             [restore_drill]\ndestination = \"{drill_from}\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n{extra}\n",
+             [restore_drill]\ndestination = \"{drill_from}\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\nallow_unencrypted_spool = true\n{extra}\n",
             pg.conninfo(),
             self.scratch.path("backup.pub.asc").display(),
             self.scratch.path("keys/backup.sec.asc").display(),
@@ -238,8 +238,25 @@ fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
     s.assert_clean();
     s.gpg.export_secret(&s.scratch.path("keys/backup.sec.asc"));
 
-    // A manifest whose row count differs from what was dumped.
-    set_manifest(&|v| v["row_counts"]["public.events"] = Value::from(19_999));
+    // Encrypted details whose row count differs from what was dumped (the
+    // counts travel only encrypted, beside the manifest).
+    let details = dir.join("manifest.details.pgp");
+    let pristine_details = std::fs::read(&details).unwrap();
+    let mut d: Value = serde_json::from_slice(&s.gpg.decrypt(&details)).unwrap();
+    d["row_counts"]["public.events"] = Value::from(19_999);
+    let forged = s.scratch.path("forged.details.pgp");
+    s.gpg.encrypt(&serde_json::to_vec(&d).unwrap(), &forged);
+    let forged = std::fs::read(&forged).unwrap();
+    std::fs::write(&details, &forged).unwrap();
+    // Replaced without the manifest knowing: refused by its checksum.
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("manifest.details.pgp") && text.contains("checksum mismatch"),
+        "{text}"
+    );
+    s.assert_clean();
+    set_manifest(&|v| v["details_sha256"] = Value::from(hex(&Sha256::digest(&forged))));
     let (code, _, text) = drill(&cfg);
     assert_eq!(code, Some(1), "{text}");
     assert!(
@@ -248,6 +265,8 @@ fn damaged_or_mismatching_backups_fail_the_drill_precisely_and_leave_nothing() {
         "{text}"
     );
     s.assert_clean();
+    std::fs::write(&details, &pristine_details).unwrap();
+    restore();
 
     // A manifest whose schema fingerprint differs.
     set_manifest(&|v| v["schema_sha256"] = Value::from("0".repeat(64)));
@@ -428,4 +447,72 @@ fn sigterm_midway_through_a_drill_leaves_no_process_and_no_temp_dir() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn a_spool_on_an_unencrypted_disk_is_refused_unless_allowed_and_tmpfs_is_accepted() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE t AS SELECT generate_series(1, 100) g");
+    let s = Setup::new();
+    // /dev/shm is a tmpfs (checked: the test means nothing otherwise).
+    let shm = tempfile::Builder::new()
+        .prefix("cnx-spool-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    std::fs::set_permissions(
+        shm.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let df = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(shm.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&df.stdout).trim(), "tmpfs");
+    let disk = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(s.scratch.path("spool"))
+        .output()
+        .unwrap();
+    let disk_fs = String::from_utf8_lossy(&disk.stdout).trim().to_owned();
+    assert_ne!(disk_fs, "tmpfs", "the scratch spool must be on a disk here");
+    assert!(!disk_fs.is_empty());
+
+    let config = |spool: &Path, allow: &str| {
+        let (mut body, names) = s.scratch.destinations(None);
+        body += &format!(
+            "[backup]\nconnection = \"{}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\n\
+             [restore_drill]\ndestination = \"local\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n{allow}\n",
+            pg.conninfo(),
+            s.scratch.path("backup.pub.asc").display(),
+            s.scratch.path("keys/backup.sec.asc").display(),
+            spool.display(),
+        );
+        s.scratch.config(&body)
+    };
+    let cfg = config(&s.scratch.path("spool"), "");
+    let out = support::agent(&cfg, &["backup"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+
+    let (code, _, text) = drill(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("neither dm-crypt nor tmpfs")
+            && text.contains("mounted at")
+            && text.contains("allow_unencrypted_spool = true"),
+        "{text}"
+    );
+    s.assert_clean();
+
+    let (code, _, text) = drill(&config(shm.path(), ""));
+    assert_eq!(code, Some(0), "a tmpfs spool is accepted: {text}");
+
+    let (code, _, text) = drill(&config(
+        &s.scratch.path("spool"),
+        "allow_unencrypted_spool = true",
+    ));
+    assert_eq!(code, Some(0), "allowed by the operator: {text}");
+    s.assert_clean();
 }

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("logging", 0),
     ("progress", 0),
     ("hold", 0),
+    ("tls_floor", 0),
     ("config", 1),
     ("jobs", 2),
     ("runner", 3),

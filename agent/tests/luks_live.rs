@@ -238,3 +238,34 @@ fn record_script_captures_exactly_what_the_checker_reads_from_this_host() {
     let (recorded, live) = last.unwrap();
     assert_eq!(recorded, live);
 }
+
+#[test]
+fn the_storage_of_a_path_is_its_innermost_mount_encrypted_in_memory_or_on_disk() {
+    // The drill's spool check (SPEC §10): dm-crypt or tmpfs, else refused.
+    let s = fixture("luks-direct");
+    let at = |p: &str| {
+        s.storage_of(Path::new(p))
+            .map(|(m, safe)| (m.mountpoint.clone(), safe))
+    };
+    assert_eq!(at("/var/lib/vz/spool"), Some(("/var/lib/vz".into(), true)));
+    assert_eq!(
+        at("/var/lib/vz/tmp/x"),
+        Some(("/var/lib/vz/tmp".into(), true))
+    );
+    assert_eq!(at("/var/tmp"), Some(("/".into(), false)));
+    assert_eq!(
+        at("/srv/data/scratch/d"),
+        Some(("/srv/data/scratch".into(), false))
+    );
+    // Through LVM on LUKS the mapping is found below the LV.
+    let lvm = fixture("lvm-on-luks");
+    assert_eq!(
+        lvm.storage_of(Path::new("/var/lib/vz/drill"))
+            .map(|(_, safe)| safe),
+        Some(true)
+    );
+    assert_eq!(
+        lvm.storage_of(Path::new("/boot/x")).map(|(_, safe)| safe),
+        Some(false)
+    );
+}

@@ -120,6 +120,22 @@ fn two_backups_are_listed_and_each_restores_to_the_data_of_its_moment() {
         ],
     );
     assert_eq!(rc, 0, "{t}");
+    // The row counts, read from the encrypted manifest details, were compared.
+    let o = agent(
+        &cfg,
+        &[
+            "--json",
+            "restore",
+            "--database",
+            "app",
+            "--target",
+            &target,
+            "--target-database",
+            "app_json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["result"]["row_counts"]["checked"], true, "{}", text(&o));
     assert_eq!(count(&rig, "app_old"), "2000:2000");
     assert_eq!(count(&rig, "app_new"), "2500:2500");
     assert_eq!(count(&rig, "app"), "2500:2500", "the source is untouched");
@@ -131,7 +147,7 @@ fn two_backups_are_listed_and_each_restores_to_the_data_of_its_moment() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r["action"] == "restore.begin")
         .collect();
-    assert_eq!(begin.len(), 2);
+    assert_eq!(begin.len(), 3);
     assert_eq!(begin[0]["detail"]["stamp"], older.as_str());
     assert_eq!(begin[0]["detail"]["target_database"], "app_old");
     assert_eq!(begin[0]["actor"], "cli:root");

@@ -518,3 +518,63 @@ fn brief_task_status_errors_are_ridden_out() {
         "the two failed polls were retried ({polls} polls)"
     );
 }
+
+#[test]
+fn a_legal_hold_keeps_expired_snapshots_and_a_guest_gone_from_the_node_loses_its_series() {
+    let scratch = Scratch::new();
+    let old = [ours(10), ours(9)];
+    let scenario = |node_of_101: &str| {
+        json!({"node": "pve1", "nodes": ["pve1", "pve2"], "task_seconds": 0.1, "guests": [
+            json!({"vmid": 100, "type": "qemu", "name": "web", "snapshots": [old[0], old[1]]}),
+            json!({"vmid": 101, "type": "lxc", "name": "dns", "node": node_of_101}),
+        ]})
+    };
+    let d1 = scratch.path("sim1");
+    std::fs::create_dir_all(&d1).unwrap();
+    let sim = PveSim::start(&d1, scenario("pve1"));
+    let (out, _) = job(&scratch, &sim, "retention_days = 7\nkeep_min = 1");
+    assert!(out.status.success(), "{}", text(&out));
+    let prom = scratch.prom();
+    assert!(
+        prom.contains("cloudnx_snapshot_last_success_timestamp_seconds{type=\"lxc\",vmid=\"101\"}"),
+        "{prom}"
+    );
+    drop(sim);
+
+    // 101 migrated to pve2; a legal hold is set.
+    let cfg = scratch.path("agent.toml");
+    let set = agent(&cfg, &["hold", "set", "--reason", "case 7"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let deleted_before = audit_actions(&scratch, "snapshot.delete").len();
+    let d2 = scratch.path("sim2");
+    std::fs::create_dir_all(&d2).unwrap();
+    let sim = PveSim::start(&d2, scenario("pve2"));
+    let (out, rec) = job(&scratch, &sim, "retention_days = 7\nkeep_min = 1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        sim.stats()["deleted"].as_array().is_none_or(Vec::is_empty),
+        "{}",
+        sim.stats()
+    );
+    assert_eq!(
+        audit_actions(&scratch, "snapshot.delete").len(),
+        deleted_before,
+        "nothing deleted under the hold"
+    );
+    let kept = &guest(&rec, 100)["retention_skipped"];
+    assert_eq!(kept.as_array().map(Vec::len), Some(2), "{rec:#}");
+    assert!(
+        kept.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["reason"] == "legal hold"),
+        "{rec:#}"
+    );
+    let prom = scratch.prom();
+    assert!(
+        !prom.contains("vmid=\"101\""),
+        "a guest gone from this node loses its series: {prom}"
+    );
+    assert!(prom.contains("vmid=\"100\""), "{prom}");
+    assert!(prom.contains("cloudnx_legal_hold 1"), "{prom}");
+}

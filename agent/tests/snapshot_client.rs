@@ -18,6 +18,7 @@ fn client(scratch: &Scratch, sim: &PveSim) -> PveClient {
         &secret,
         &sim.ca,
         Duration::from_secs(10),
+        cloudnx_agent::tls_floor::TlsFloor::V1_3,
     )
     .unwrap()
 }
@@ -209,6 +210,7 @@ fn client_refuses_plain_http_and_an_empty_ca() {
         &secret,
         &ca,
         Duration::from_secs(1),
+        cloudnx_agent::tls_floor::TlsFloor::V1_3,
     )
     .unwrap_err();
     assert!(e.to_string().contains("not https"), "{e}");
@@ -218,6 +220,7 @@ fn client_refuses_plain_http_and_an_empty_ca() {
         &secret,
         &ca,
         Duration::from_secs(1),
+        cloudnx_agent::tls_floor::TlsFloor::V1_3,
     )
     .unwrap_err();
     assert!(e.to_string().contains("holds no certificate"), "{e}");
@@ -231,9 +234,83 @@ fn client_refuses_plain_http_and_an_empty_ca() {
                 support::pve::make_certs(&scratch.path("pki"), "ca");
                 scratch.path("pki/ca.pem")
             },
-            Duration::from_secs(1)
+            Duration::from_secs(1),
+            cloudnx_agent::tls_floor::TlsFloor::V1_3,
         )
         .unwrap()
     );
     assert!(!dbg.contains(TOKEN_SECRET), "{dbg}");
+}
+
+/// `openssl s_server -tls1_2 -www` with the simulator's certificate: a
+/// Proxmox endpoint that speaks only TLS 1.2. Killed on drop.
+struct Tls12Server(std::process::Child, u16);
+
+impl Drop for Tls12Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_proxmox_api_below_the_tls_floor_is_named_with_the_version() {
+    let scratch = Scratch::new();
+    let sim = sim(&scratch); // for its certificates
+    let pki = scratch.dir.path().join("pki");
+    let port = support::free_port();
+    let server = Tls12Server(
+        std::process::Command::new(support::require("openssl"))
+            .args(["s_server", "-accept", &port.to_string(), "-tls1_2", "-www"])
+            .arg("-cert")
+            .arg(pki.join("srv.pem"))
+            .arg("-key")
+            .arg(pki.join("srv.key"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        port,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", server.1)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}/api2/json");
+    let secret = scratch.secret("token", TOKEN_SECRET);
+    let client = |floor| {
+        PveClient::new(
+            &url,
+            TOKEN_ID,
+            &secret,
+            &sim.ca,
+            Duration::from_secs(10),
+            floor,
+        )
+        .unwrap()
+    };
+    let e = client(cloudnx_agent::tls_floor::TlsFloor::V1_3)
+        .nodes()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "https://127.0.0.1:{port}/api2/json does not speak TLS 1.3 or newer"
+        )),
+        "{e}"
+    );
+    // With the floor at 1.2 the handshake succeeds: what fails is the answer
+    // (s_server's status page is no Proxmox envelope), not TLS.
+    let e = client(cloudnx_agent::tls_floor::TlsFloor::V1_2)
+        .nodes()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("TLS"), "{e}");
 }

@@ -28,6 +28,17 @@ use std::path::{Path, PathBuf};
 /// Partial body chunk: a power of two; 512 KiB keeps per-chunk overhead negligible.
 const PARTIAL_CHUNK: u32 = 512 * 1024;
 
+/// A recipient key's dates (see [`Recipients::dates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDates {
+    /// Primary-key fingerprint, upper-case hex.
+    pub fingerprint: String,
+    /// Creation, Unix seconds.
+    pub created: i64,
+    /// Expiry, Unix seconds; None: never expires.
+    pub expires: Option<i64>,
+}
+
 /// The keys a backup is encrypted to.
 pub struct Recipients {
     keys: Vec<(PathBuf, SignedPublicKey)>,
@@ -59,6 +70,43 @@ impl Recipients {
         self.keys
             .iter()
             .map(|(_, k)| format!("{:X}", k.fingerprint()))
+            .collect()
+    }
+
+    /// When each recipient's primary key was created and when it expires
+    /// (Unix seconds; None: never), as `gpg --with-colons` shows them on its
+    /// `pub` line: the expiry is the key expiration time of the newest
+    /// self-signature (the primary user ID's first, else any user ID's, else
+    /// a direct-key signature), counted from the key's creation.
+    pub fn dates(&self) -> Vec<KeyDates> {
+        self.keys
+            .iter()
+            .map(|(_, k)| {
+                let created = i64::from(k.primary_key.created_at().as_secs());
+                let newest = |sigs: &mut dyn Iterator<Item = &pgp::packet::Signature>| {
+                    sigs.max_by_key(|s| s.created().map(|t| t.as_secs()))
+                        .cloned()
+                };
+                let users = &k.details.users;
+                let sig = newest(
+                    &mut users
+                        .iter()
+                        .flat_map(|u| u.signatures.iter())
+                        .filter(|s| s.is_primary()),
+                )
+                .or_else(|| newest(&mut users.iter().flat_map(|u| u.signatures.iter())))
+                .or_else(|| newest(&mut k.details.direct_signatures.iter()));
+                let expires = sig
+                    .and_then(|s| s.key_expiration_time())
+                    .map(|d| d.as_secs())
+                    .filter(|d| *d > 0)
+                    .map(|d| created + i64::from(d));
+                KeyDates {
+                    fingerprint: format!("{:X}", k.fingerprint()),
+                    created,
+                    expires,
+                }
+            })
             .collect()
     }
 

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backups;
 pub mod check;
 pub mod ctl;
+pub mod hold;
 pub mod job;
 pub mod progress;
 pub mod status;

@@ -35,6 +35,9 @@ fragment! {
         object_lock_days: u32 = (0),
         /// Path-style addressing (default true: MinIO, most S3-compatibles).
         path_style: bool = (true),
+        /// PEM CA certificates trusted for this endpoint besides the public roots
+        /// (an on-premises S3 with a private CA).
+        ca_file: PathBuf = optional,
     }
     /// Filesystem settings.
     #[derive(Debug)]
@@ -53,6 +56,8 @@ pub struct Destination {
     pub prefix: String,
     /// Where and how.
     pub kind: DestinationKind,
+    /// The TLS floor of its client (`[policy] min_tls_version`).
+    pub min_tls: crate::tls_floor::TlsFloor,
 }
 
 /// The two kinds of destination.
@@ -133,6 +138,7 @@ pub(super) fn build(
         name: common.name,
         prefix: common.prefix,
         kind: kind?,
+        min_tls: crate::tls_floor::TlsFloor::default(),
     })
 }
 
@@ -146,6 +152,8 @@ impl From<&S3Destination> for crate::store::s3::S3Settings {
             secret_access_key_file: d.secret_access_key_file.clone(),
             object_lock_days: d.object_lock_days,
             path_style: d.path_style,
+            min_tls: crate::tls_floor::TlsFloor::default(),
+            ca_file: d.ca_file.clone(),
         }
     }
 }
@@ -166,7 +174,10 @@ impl Destination {
             }
             DestinationKind::S3(s) => std::sync::Arc::new(crate::store::s3::S3Store::new(
                 &self.name,
-                &s.into(),
+                &crate::store::s3::S3Settings {
+                    min_tls: self.min_tls,
+                    ..s.into()
+                },
                 max_in_flight,
                 cancel.clone(),
             )?),

@@ -40,6 +40,9 @@ fragment! {
         /// Parent of the drill's private directory (default: /var/tmp; must be
         /// traversable by `run_as`, so not the 0700 state_dir).
         spool_dir: PathBuf = optional,
+        /// Let the drill spool decrypted data on a disk that is neither dm-crypt
+        /// nor tmpfs (refused by default: SPEC §10).
+        allow_unencrypted_spool: bool = (false),
     }
 }
 

@@ -19,6 +19,7 @@ mod control_plane;
 mod destinations;
 mod drill;
 mod luks;
+mod policy;
 mod posture;
 mod problem;
 mod schema;
@@ -32,6 +33,7 @@ pub use control_plane::ControlPlaneConfig;
 pub use destinations::{Destination, DestinationKind, S3Destination};
 pub use drill::DrillConfig;
 pub use luks::{LuksConfig, LuksPolicy, LuksVolume};
+pub use policy::PolicyConfig;
 pub use posture::{OriginPattern, PostureConfig, ReleaseField};
 pub use problem::{Problem, Problems, Source};
 pub use snapshots::SnapshotConfig;
@@ -75,6 +77,8 @@ pub struct Config {
     pub control_plane: Option<ControlPlaneConfig>,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[policy]` (defaults when absent: TLS 1.3 floor, no allow-lists).
+    pub policy: PolicyConfig,
     /// The files this was loaded from, in merge order.
     pub files: Vec<PathBuf>,
 }
@@ -108,6 +112,7 @@ fragment! {
         posture: posture::RawPosture,
         control_plane: control_plane::RawControlPlane,
         audit: audit::RawAudit,
+        policy: policy::RawPolicy,
     }
     arrays { destinations: destinations::RawDestination as "destinations", }
 }
@@ -229,6 +234,7 @@ fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
     let owners = Owners::for_state_dir(&state_dir);
     let mut problems = Vec::new();
     let mut merged = RawConfig::default();
+    let mut sources = Vec::new();
     for p in parsed {
         match p {
             Err(p) => problems.push(p),
@@ -240,6 +246,7 @@ fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
                     owners,
                 });
                 merged.merge(raw);
+                sources.push(src);
             }
         }
     }
@@ -247,6 +254,12 @@ fn load_with(path: &Path, other_files: bool) -> Result<Config, Problems> {
         return Err(Problems(problems));
     }
     let cfg = build(merged, files, &mut problems);
+    // [policy] over every outbound URL and region, at the span that wrote it.
+    if let Some(c) = &cfg {
+        for src in &sources {
+            policy::check_file(&c.policy, src, &mut problems);
+        }
+    }
     match cfg {
         Some(c) if problems.is_empty() => Ok(c),
         _ => Err(Problems(problems)),
@@ -297,6 +310,16 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
         .control_plane
         .and_then(|mut c| ControlPlaneConfig::build(&mut c, "control_plane", &ctx, problems));
     let audit = AuditConfig::build(&mut raw.audit.unwrap_or_default(), "audit", &ctx, problems)?;
+    let policy = PolicyConfig::build(
+        &mut raw.policy.unwrap_or_default(),
+        "policy",
+        &ctx,
+        problems,
+    )?;
+    let mut destinations = destinations;
+    for d in &mut destinations {
+        d.min_tls = policy.min_tls_version;
+    }
 
     let known = |n: &str| destinations.iter().any(|d| d.name == n);
     let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
@@ -342,6 +365,7 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
         posture,
         control_plane,
         audit,
+        policy,
         files,
     })
 }

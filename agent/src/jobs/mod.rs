@@ -12,6 +12,7 @@ pub mod context;
 pub mod drill;
 pub mod kind;
 pub mod luks;
+pub mod object_holds;
 pub mod posture;
 pub mod restore;
 pub mod retrieve;

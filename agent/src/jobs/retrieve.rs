@@ -10,6 +10,7 @@
 use crate::jobs::backup::manifest::Manifest;
 use crate::progress::{Counting, Progress};
 use crate::store::Destination;
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -110,6 +111,47 @@ pub async fn read_manifest(dest: &dyn Destination, key: &str) -> anyhow::Result<
         bytes.len()
     );
     serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("parsing {key}: {e}"))
+}
+
+/// The largest encrypted details object read (row counts of a few hundred
+/// thousand tables).
+const MAX_DETAILS: u64 = 64 << 20;
+
+/// Fill `m.row_counts` from the encrypted details beside the manifest at
+/// `manifest_key` (SPEC §10), decrypted with `secret_key`; their SHA-256 must
+/// be the manifest's. A manifest without details (older backups) is left as is.
+pub async fn read_details(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    secret_key: &Path,
+    m: &mut Manifest,
+) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let Some(want) = m.details_sha256.clone() else {
+        return Ok(());
+    };
+    let key = match manifest_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{}", crate::jobs::backup::manifest::DETAILS),
+        None => crate::jobs::backup::manifest::DETAILS.to_owned(),
+    };
+    let bytes = dest.get(&key, MAX_DETAILS).await?;
+    let got = hex::encode(sha2::Sha256::digest(&bytes));
+    anyhow::ensure!(
+        got == want,
+        "{key} on {}: SHA-256 {got}, the manifest says {want}: the details are damaged or were replaced (checksum mismatch)",
+        dest.name()
+    );
+    let secret_key = secret_key.to_owned();
+    let plain = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        crate::crypto::decrypt(&secret_key, &mut &bytes[..], &mut out).map(|_| out)
+    })
+    .await?
+    .with_context(|| format!("decrypting {key}"))?;
+    let d: crate::jobs::backup::manifest::Details =
+        serde_json::from_slice(&plain).with_context(|| format!("parsing {key}"))?;
+    m.row_counts = d.row_counts;
+    Ok(())
 }
 
 /// Stream `key` from `dest` through decryption with the secret key in

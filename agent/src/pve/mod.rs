@@ -271,6 +271,7 @@ pub struct PveClient {
     base: String,
     auth: HeaderValue,
     token_id: String,
+    min_tls: crate::tls_floor::TlsFloor,
 }
 
 impl std::fmt::Debug for PveClient {
@@ -298,13 +299,15 @@ struct ErrorBody {
 
 impl PveClient {
     /// A client for `api_url` (…/api2/json) authenticating as `token_id` with the
-    /// secret in `secret_file`, trusting only the certificates in `ca_file`.
+    /// secret in `secret_file`, trusting only the certificates in `ca_file`,
+    /// speaking no TLS version below `min_tls`.
     pub fn new(
         api_url: &str,
         token_id: &str,
         secret_file: &Path,
         ca_file: &Path,
         request_timeout: Duration,
+        min_tls: crate::tls_floor::TlsFloor,
     ) -> Result<PveClient, PveError> {
         if !api_url.starts_with("https://") {
             return Err(PveError::Setup(format!(
@@ -346,8 +349,8 @@ impl PveClient {
                 ca_file.display()
             )));
         }
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
+        let mut b = min_tls
+            .apply(reqwest::Client::builder())
             .tls_built_in_root_certs(false)
             .https_only(true)
             .timeout(request_timeout)
@@ -364,6 +367,7 @@ impl PveClient {
             base: api_url.trim_end_matches('/').to_owned(),
             auth,
             token_id: token_id.to_owned(),
+            min_tls,
         })
     }
 
@@ -395,7 +399,10 @@ impl PveClient {
         let transport = |e: reqwest::Error| PveError::Transport {
             method: m,
             path: path.to_owned(),
-            cause: error_chain(&e),
+            cause: self
+                .min_tls
+                .explain(&self.base, &e)
+                .unwrap_or_else(|| error_chain(&e)),
         };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();

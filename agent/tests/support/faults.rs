@@ -58,7 +58,7 @@ impl Rig {
         body += &format!(
             "[backup]\nconnection = \"{}\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\ndatabases = [\"app\"]\n\
              globals = false\npg_bin_dir = \"/usr/lib/postgresql/15/bin\"\npart_size_mib = 5\n{extra_backup}\n\n\
-             [restore_drill]\ndestination = \"local\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\n",
+             [restore_drill]\ndestination = \"local\"\ndecryption_key = \"{}\"\nrun_as = \"postgres\"\njobs = 2\nspool_dir = \"{}\"\nallow_unencrypted_spool = true\n",
             self.pg.conninfo(),
             self.scratch.path("backup.pub.asc").display(),
             self.scratch.path("keys/backup.sec.asc").display(),

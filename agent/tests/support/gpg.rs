@@ -14,6 +14,11 @@ pub struct Gpg {
 impl Gpg {
     /// Generate a key (future-default: ed25519 + cv25519 encryption subkey).
     pub fn new() -> Gpg {
+        Self::expiring("never")
+    }
+
+    /// Generate a key that expires as gpg's `--quick-gen-key` EXPIRE says (`1y`, `never`).
+    pub fn expiring(expire: &str) -> Gpg {
         super::require("gpg");
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::Builder::new()
@@ -33,7 +38,7 @@ impl Gpg {
             "backup@cloudnx.test",
             "future-default",
             "default",
-            "never",
+            expire,
         ]);
         let out = g.run(&["--batch", "--with-colons", "--list-keys"]);
         let fpr = String::from_utf8_lossy(&out)
@@ -54,6 +59,25 @@ impl Gpg {
             .unwrap();
         assert!(out.status.success(), "gpg {args:?}: {}", super::text(&out));
         out.stdout
+    }
+
+    /// The primary key's creation and expiry (Unix seconds) from the `pub`
+    /// line of `gpg --with-colons --list-keys` (fields 6 and 7).
+    pub fn colon_dates(&self) -> (i64, Option<i64>) {
+        let out = self.run(&["--batch", "--with-colons", "--list-keys", &self.fingerprint]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let f: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with("pub:"))
+            .expect("a pub line")
+            .split(':')
+            .collect();
+        (f[5].parse().unwrap(), f[6].parse().ok())
+    }
+
+    /// `gpg --quick-set-expire` of the primary key.
+    pub fn set_expire(&self, expire: &str) {
+        self.run(&["--batch", "--quick-set-expire", &self.fingerprint, expire]);
     }
 
     /// Write the armored public key to `path`.
@@ -101,6 +125,25 @@ impl Gpg {
     /// `gpg --decrypt` a file; the plaintext bytes.
     pub fn decrypt(&self, path: &Path) -> Vec<u8> {
         self.run(&["--batch", "--quiet", "--decrypt", path.to_str().unwrap()])
+    }
+
+    /// A `manifest.json` with its encrypted details (`manifest.details.pgp`
+    /// beside it, opened by gpg) merged in; the plaintext manifest must hold
+    /// no row counts (SPEC §10: nothing readable off the host).
+    pub fn manifest(&self, path: &Path) -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert!(
+            v["row_counts"].is_null(),
+            "row counts in the plaintext manifest {}: {v}",
+            path.display()
+        );
+        let details = path.with_file_name("manifest.details.pgp");
+        if details.is_file() {
+            let d: serde_json::Value = serde_json::from_slice(&self.decrypt(&details)).unwrap();
+            v["row_counts"] = d["row_counts"].clone();
+        }
+        v
     }
 
     /// `gpg --verbose --list-packets` of a file (to check the message structure).

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! {prefix}/postgres/{database}/{stamp}/{database}.dump.pgp
+//! {prefix}/postgres/{database}/{stamp}/manifest.details.pgp  # encrypted details
 //! {prefix}/postgres/{database}/{stamp}/manifest.json      # written last
 //! ```
+//! Nothing readable off the host (SPEC §10): the plaintext manifest carries no
+//! table names, schema text or row counts; those are the [`Details`],
+//! encrypted to the same recipients as the dump, beside it.
 //! `{database}` is the directory *segment* of a backup ([`segment`]): a
 //! database's name with `%`, `/`, control characters and a leading `.`
 //! percent-encoded (so any name PostgreSQL accepts is a safe, reversible key
@@ -18,6 +22,16 @@ use std::collections::BTreeMap;
 pub const FORMAT: &str = "cloudnx-backup/1";
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
+/// The encrypted details' file name, beside the manifest.
+pub const DETAILS: &str = "manifest.details.pgp";
+
+/// What the manifest says only encrypted: the table names and row counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    /// Exact row counts inside the dumped snapshot (None: not counted).
+    pub row_counts: Option<BTreeMap<String, i64>>,
+}
+
 /// Reserved "database" name of the globals backup.
 pub const GLOBALS: &str = "_globals";
 
@@ -64,8 +78,13 @@ pub struct Manifest {
     pub recipients: Vec<String>,
     /// Schema fingerprint inside the dumped snapshot (None for globals).
     pub schema_sha256: Option<String>,
-    /// Exact row counts inside the dumped snapshot (None: not counted).
+    /// Exact row counts inside the dumped snapshot (None: not counted, or
+    /// — in what is written — in the encrypted [`Details`]; filled from them
+    /// after decryption).
     pub row_counts: Option<BTreeMap<String, i64>>,
+    /// SHA-256 (hex) of the encrypted [`DETAILS`] object, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details_sha256: Option<String>,
     /// True when row counting was switched off for this database.
     #[serde(default)]
     pub row_counts_skipped: bool,
@@ -151,6 +170,11 @@ pub fn object_key(prefix: &str, segment: &str, stamp: &str) -> String {
 /// The manifest key of a backup.
 pub fn manifest_key(prefix: &str, segment: &str, stamp: &str) -> String {
     format!("{}{stamp}/{MANIFEST}", database_dir(prefix, segment))
+}
+
+/// The encrypted details' key of a backup.
+pub fn details_key(prefix: &str, segment: &str, stamp: &str) -> String {
+    format!("{}{stamp}/{DETAILS}", database_dir(prefix, segment))
 }
 
 /// `{segment}.dump.pgp`.

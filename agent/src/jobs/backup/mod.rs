@@ -84,7 +84,10 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
 
     let admin = conn.connect(None).await?;
     let version = pg::server_version(&admin).await?;
-    let databases = select_databases(ctx, cfg, &admin).await?;
+    // The server's databases, listed on every run: a database is retired only
+    // on a listing that succeeded (an unreachable server stops here).
+    let listed = pg::list_databases(&admin).await?;
+    let databases = select_databases(ctx, cfg, &listed);
     drop(admin);
     let bin_dir = pg::bin_dir(cfg.pg_bin_dir.as_deref(), version.major);
     let pg_dump = pg::program(bin_dir.as_deref(), "pg_dump");
@@ -111,6 +114,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         dump_version: &dump_version,
         writer: &writer,
         foreign: std::sync::Mutex::default(),
+        holding: false,
     };
     let mut results = Vec::new();
     if cfg.globals && ctx.params.databases.is_empty() {
@@ -145,9 +149,35 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     crate::fault_point!("backup::before_retention");
     // Retention and clean-up, per database and destination.
     let mut metrics = MetricsUpdate::default();
+    key_metrics(&recipients, &mut metrics);
     let mut retention_log = Vec::new();
     let mut failures = Vec::new();
+    // Destinations whose retention failed this run: not asked again below.
+    let mut broken: BTreeSet<String> = BTreeSet::new();
     let now = chrono::Utc::now();
+    // A legal hold (or a hold file that cannot be read) stops every deletion;
+    // the decisions are still made and reported as held.
+    let hold = crate::hold::current(&ctx.config.state_dir);
+    let holding = !matches!(hold, Ok(None));
+    metrics.set(Family::LegalHold, &[], if holding { 1.0 } else { 0.0 });
+    if !holding {
+        // Released: the Object Lock legal holds the agent set come off first,
+        // so what retention decides below can be deleted.
+        for dest in &dests {
+            match crate::jobs::object_holds::lift(dest.as_ref(), &ctx.config.state_dir).await {
+                Ok(keys) if keys.is_empty() => {}
+                Ok(keys) => {
+                    let detail = json!({"destination": dest.name(), "keys": keys, "reason": "legal hold released"});
+                    ctx.audit("backup.legal_hold.off", detail.clone())
+                        .await
+                        .context("auditing lifted legal holds")?;
+                    retention_log.push(detail);
+                }
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+    }
+    let env = Env { holding, ..env };
     for r in &results {
         for d in &r.dests {
             let Some(dest) = dests.iter().find(|x| x.name() == d.name) else {
@@ -171,6 +201,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
                     retention_log.extend(log);
                 }
                 Err(e) => {
+                    broken.insert(d.name.clone());
                     failures.push(format!("retention of {} on {}: {e:#}", r.database, d.name))
                 }
             }
@@ -189,6 +220,41 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             &[("database", &r.database)],
             r.seconds,
         );
+    }
+
+    // Retired databases: backups under this host's prefix of a database the
+    // server's listing no longer selects. Judged only on a full run (a run
+    // for named databases selects nothing else).
+    if ctx.params.databases.is_empty() && !ctx.cancel.is_cancelled() {
+        let live: BTreeSet<String> = databases
+            .iter()
+            .cloned()
+            .chain(cfg.globals.then(|| manifest::GLOBALS.to_owned()))
+            .collect();
+        metrics.clear.push(Family::BackupRetired);
+        for f in [
+            Family::BackupLastSuccess,
+            Family::BackupLastSize,
+            Family::BackupRetained,
+            Family::BackupLastDuration,
+        ] {
+            metrics.keep_only(f, "database", live.clone());
+        }
+        for dest in dests.iter().filter(|d| !broken.contains(d.name())) {
+            match env.retire(dest.as_ref(), &live, now).await {
+                Ok((kept, log)) => {
+                    for (db, n) in kept.iter().filter(|(_, n)| **n > 0) {
+                        metrics.set(
+                            Family::BackupRetired,
+                            &[("database", db), ("destination", dest.name())],
+                            *n as f64,
+                        );
+                    }
+                    retention_log.extend(log);
+                }
+                Err(e) => failures.push(format!("retired databases on {}: {e:#}", dest.name())),
+            }
+        }
     }
 
     // A second agent under this host's prefix (a copied configuration, a
@@ -234,6 +300,10 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     if ctx.cancel.is_cancelled() {
         errors.push("cancelled before every database was backed up".into());
     }
+    let held = retention_log
+        .iter()
+        .filter(|d| d["result"] == "held")
+        .count();
     let result = json!({
         "databases": results.iter().map(|r| json!({
             "database": r.database,
@@ -250,6 +320,10 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
                 "error": d.error,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "legal_hold": match &hold {
+            Ok(h) => json!(h),
+            Err(e) => json!({"reason": format!("the hold file cannot be read, so retention holds: {e:#}")}),
+        },
         "retention": retention_log,
         "writer": env.writer,
         "other_writers": foreign,
@@ -261,9 +335,14 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     let mut outcome = if errors.is_empty() {
         Outcome::success(
             format!(
-                "backed up {} object(s) to {}",
+                "backed up {} object(s) to {}{}",
                 results.len(),
-                cfg.destinations.join(", ")
+                cfg.destinations.join(", "),
+                if holding {
+                    format!("; legal hold: {held} retention deletion(s) held")
+                } else {
+                    String::new()
+                }
             ),
             result,
         )
@@ -276,24 +355,37 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-async fn select_databases(
-    ctx: &JobContext,
-    cfg: &BackupConfig,
-    admin: &tokio_postgres::Client,
-) -> anyhow::Result<Vec<String>> {
-    let wanted = if !ctx.params.databases.is_empty() {
+/// When each recipient key was made and when it expires (SPEC §10), written
+/// by every backup run, which reads the keys anyway; a key no longer
+/// configured loses its series. The audit key's (`audit:<kid>`) are not ours.
+fn key_metrics(recipients: &Recipients, metrics: &mut MetricsUpdate) {
+    let (mut made, mut expiring) = (BTreeSet::new(), BTreeSet::new());
+    for d in recipients.dates() {
+        let key = format!("openpgp:{}", d.fingerprint);
+        metrics.set(Family::KeyCreated, &[("key", &key)], d.created as f64);
+        if let Some(e) = d.expires {
+            metrics.set(Family::KeyExpiry, &[("key", &key)], e as f64);
+            expiring.insert(key.clone());
+        }
+        made.insert(key);
+    }
+    metrics.keep_scoped(Family::KeyCreated, "key", "openpgp:", made);
+    metrics.keep_scoped(Family::KeyExpiry, "key", "openpgp:", expiring);
+}
+
+fn select_databases(ctx: &JobContext, cfg: &BackupConfig, listed: &[String]) -> Vec<String> {
+    // Any name PostgreSQL accepts is stored under its encoded segment.
+    if !ctx.params.databases.is_empty() {
         ctx.params.databases.clone()
     } else if !cfg.databases.is_empty() {
         cfg.databases.clone()
     } else {
-        pg::list_databases(admin)
-            .await?
-            .into_iter()
-            .filter(|d| !cfg.exclude_databases.contains(d))
+        listed
+            .iter()
+            .filter(|d| !cfg.exclude_databases.contains(*d))
+            .cloned()
             .collect()
-    };
-    // Any name PostgreSQL accepts is stored under its encoded segment.
-    Ok(wanted)
+    }
 }
 
 struct Env<'a> {
@@ -310,6 +402,8 @@ struct Env<'a> {
     writer: &'a str,
     /// Other writers met under this host's prefix, per destination.
     foreign: std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// A legal hold is in force: retention decides but deletes nothing.
+    holding: bool,
 }
 
 /// This agent instance's id, created once in `state_dir/writer-id`: it marks
@@ -592,6 +686,24 @@ impl Env<'_> {
         let (schema_sha256, row_counts) = facts?;
         crate::fault_point!("backup::before_manifest");
         let finished = chrono::Utc::now();
+        // Table names and row counts go off the host only encrypted, to the
+        // dump's recipients, beside the manifest (SPEC §10).
+        let details = match &row_counts {
+            Some(_) => {
+                let plain = serde_json::to_vec(&manifest::Details {
+                    row_counts: row_counts.clone(),
+                })?;
+                let recipients = self.recipients.clone();
+                let sealed = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    recipients.encrypt(&mut &plain[..], &mut out).map(|()| out)
+                })
+                .await?
+                .context("encrypting the manifest details")?;
+                Some(Bytes::from(sealed))
+            }
+            None => None,
+        };
         let m = Manifest {
             format: manifest::FORMAT.into(),
             host_id: self.ctx.config.host_id.clone(),
@@ -608,7 +720,11 @@ impl Env<'_> {
             plaintext_sha256: streamed.plaintext_sha256,
             recipients: self.recipients.fingerprints(),
             schema_sha256,
-            row_counts,
+            row_counts: None,
+            details_sha256: details.as_ref().map(|d| {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(d))
+            }),
             row_counts_skipped: content == Content::Database && !count_rows,
             compression_level: (content == Content::Database).then_some(self.cfg.compression_level),
             writer: Some(self.writer.to_owned()),
@@ -639,6 +755,12 @@ impl Env<'_> {
                         marker.unwrap_or_default(),
                         r.stamp
                     );
+                }
+                if let Some(details) = &details {
+                    let dkey = manifest::details_key(self.prefix(d.name()), &r.segment, &r.stamp);
+                    d.put(&dkey, details.clone())
+                        .await
+                        .context("writing the encrypted manifest details")?;
                 }
                 d.put_new(&mkey, body.clone())
                     .await
@@ -713,6 +835,8 @@ impl Env<'_> {
             s != current && (ours.contains(&s) || old(&s))
         };
         let stale = match dest.abort_stale_uploads(&dir, &may_abort).await {
+            // Under a legal hold nothing is deleted, unfinished uploads included.
+            _ if self.holding => Vec::new(),
             Ok(keys) => keys,
             // Some S3-compatible servers do not implement ListMultipartUploads
             // (501). The clean-up is housekeeping: it must not fail a backup
@@ -765,6 +889,13 @@ impl Env<'_> {
             if !(clean || (expired && succeeded)) {
                 continue;
             }
+            if self.holding {
+                log.push(json!({
+                    "destination": dest.name(), "database": database, "stamp": f.stamp,
+                    "reason": if expired { "expired" } else { "incomplete" }, "result": "held",
+                }));
+                continue;
+            }
             let keys = &stamps[&f.stamp].1;
             // Manifest first (the mirror of writing it last): a run killed
             // between two deletes leaves an incomplete leftover, never a
@@ -802,6 +933,148 @@ impl Env<'_> {
                 retained.remove(&f.stamp);
             }
         }
+        if self.holding {
+            // Every complete backup kept, this run's included.
+            let keys: Vec<String> = retained
+                .iter()
+                .flat_map(|s| stamps[s].1.iter().cloned())
+                .collect();
+            log.extend(self.hold_objects(dest, database, &keys).await?);
+        }
         Ok((retained.len(), log))
+    }
+
+    /// Retired databases on one destination: every database directory under
+    /// this host's prefix whose database is not `live`. Its backups are kept
+    /// `retention_days` after its newest one, then all deleted (no keep
+    /// floor), manifest first, each audited. Returns the complete backups
+    /// still kept per retired database.
+    async fn retire(
+        &self,
+        dest: &dyn Destination,
+        live: &BTreeSet<String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<(BTreeMap<String, usize>, Vec<serde_json::Value>)> {
+        let root = manifest::postgres_dir(self.prefix(dest.name()));
+        // segment → stamp → (complete, keys)
+        let mut found: BTreeMap<String, BTreeMap<String, (bool, Vec<String>)>> = BTreeMap::new();
+        for o in dest.list(&root).await? {
+            let Some(rest) = o.key.strip_prefix(&root) else {
+                continue;
+            };
+            let mut parts = rest.splitn(3, '/');
+            let (Some(seg), Some(stamp), Some(file)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let e = found
+                .entry(seg.to_owned())
+                .or_default()
+                .entry(stamp.to_owned())
+                .or_default();
+            e.0 |= file == manifest::MANIFEST;
+            e.1.push(o.key.clone());
+        }
+        let mut kept = BTreeMap::new();
+        let mut log = Vec::new();
+        let days = i64::from(self.cfg.retention_days);
+        for (seg, stamps) in found {
+            let Some((database, Content::Database)) = manifest::parse_segment(&seg) else {
+                continue;
+            };
+            if live.contains(&database) {
+                continue;
+            }
+            let newest = stamps
+                .iter()
+                .filter(|(_, (complete, _))| *complete)
+                .filter_map(|(s, _)| retention::parse_stamp(s))
+                .max();
+            let complete = stamps.values().filter(|(c, _)| *c).count();
+            // Written by another agent under this prefix (a shared prefix is
+            // reported, never acted on): its databases are not ours to retire.
+            if let Some(t) = newest {
+                let dir = stamp_dir(self.prefix(dest.name()), &seg, &retention::stamp(t));
+                if let Ok(Some(w)) = dest.writer(&dir).await {
+                    if writer_of(&w) != self.writer {
+                        self.note_foreign(dest.name(), &w);
+                        continue;
+                    }
+                }
+            }
+            let expired = newest.is_some_and(|t| t + chrono::Duration::days(days) < now);
+            if !expired {
+                kept.insert(database, complete);
+                continue;
+            }
+            if self.holding {
+                log.push(json!({"destination": dest.name(), "database": database,
+                                "reason": "retired", "result": "held", "backups": complete}));
+                kept.insert(database, complete);
+                continue;
+            }
+            let mut left = 0;
+            for (stamp, (complete, keys)) in &stamps {
+                if retention::parse_stamp(stamp).is_none() {
+                    continue;
+                }
+                let mut ordered: Vec<&String> = keys
+                    .iter()
+                    .filter(|k| k.ends_with(manifest::MANIFEST))
+                    .collect();
+                ordered.extend(keys.iter().filter(|k| !k.ends_with(manifest::MANIFEST)));
+                let mut locked = false;
+                for key in ordered {
+                    crate::fault_point!("backup::retention_delete");
+                    let r = dest.delete(key).await?;
+                    let detail = json!({
+                        "destination": dest.name(), "database": database, "stamp": stamp,
+                        "key": key, "reason": "retired", "result": format!("{r:?}").to_lowercase(),
+                    });
+                    if r == Deleted::Locked {
+                        locked = true;
+                        log.push(detail);
+                        break;
+                    }
+                    if r == Deleted::Deleted {
+                        self.ctx
+                            .audit("backup.retention.delete", detail.clone())
+                            .await
+                            .context("auditing a retention deletion")?;
+                    }
+                    log.push(detail);
+                }
+                if locked && *complete {
+                    left += 1;
+                }
+            }
+            kept.insert(database, left);
+        }
+        Ok((kept, log))
+    }
+
+    /// Under a legal hold: an Object Lock legal hold ON for every kept object
+    /// (where the destination has Object Lock), recorded and audited.
+    async fn hold_objects(
+        &self,
+        dest: &dyn Destination,
+        database: &str,
+        keys: &[String],
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let newly = crate::jobs::object_holds::hold(dest, keys, &self.ctx.config.state_dir).await?;
+        if newly.is_empty() {
+            return Ok(None);
+        }
+        let reason = crate::hold::current(&self.ctx.config.state_dir)
+            .ok()
+            .flatten()
+            .map_or_else(|| "legal hold".to_owned(), |h| h.reason);
+        let detail = json!({"destination": dest.name(), "database": database, "keys": newly,
+                            "reason": reason, "result": "legal hold on"});
+        self.ctx
+            .audit("backup.legal_hold.on", detail.clone())
+            .await
+            .context("auditing legal holds set")?;
+        Ok(Some(detail))
     }
 }

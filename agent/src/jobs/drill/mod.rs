@@ -169,7 +169,16 @@ async fn drill(
     }
     let mut manifests: Vec<(catalog::Complete, Manifest)> = Vec::new();
     for c in chosen {
-        let m = retrieve::read_manifest(dest.as_ref(), &c.manifest_key(prefix)).await?;
+        let mkey = c.manifest_key(prefix);
+        let mut m = retrieve::read_manifest(dest.as_ref(), &mkey).await?;
+        // Row counts and table names travel encrypted (SPEC §10): a key that
+        // cannot open them fails the decrypt phase, as the dump would.
+        if let Err(e) =
+            retrieve::read_details(dest.as_ref(), &mkey, &cfg.decryption_key, &mut m).await
+        {
+            report.phase = "decrypt";
+            return Err(e);
+        }
         manifests.push((c, m));
     }
     // The throwaway cluster runs the dumps' major version.
@@ -187,6 +196,9 @@ async fn drill(
         .spool_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    if !cfg.allow_unencrypted_spool {
+        check_spool(&parent)?;
+    }
     let mut cluster = cluster::Cluster::prepare(&parent, &bin, &cfg.run_as)?;
 
     // Download and decrypt every object while the throwaway cluster is made
@@ -417,4 +429,31 @@ async fn check_database(
         push(&format!("probe_{}", i + 1), ok, detail);
     }
     Ok(())
+}
+
+/// The spool holds the decrypted dump and the restored database: it must be
+/// on dm-crypt or in memory (SPEC §10), unless the operator allowed otherwise.
+fn check_spool(parent: &Path) -> anyhow::Result<()> {
+    let path = std::fs::canonicalize(parent)
+        .with_context(|| format!("resolving the drill's spool directory {}", parent.display()))?;
+    let live = crate::jobs::luks::live::Snapshot::read(&crate::jobs::luks::live::Roots::system())
+        .context("reading the mounts to check the drill's spool")?;
+    match live.storage_of(&path) {
+        Some((_, true)) => Ok(()),
+        Some((m, false)) => bail!(
+            "the drill's spool {} is on {} ({}, mounted at {}), which is neither dm-crypt nor tmpfs: \
+             the decrypted dump and the restored database would land on an unencrypted disk; \
+             set [restore_drill] spool_dir to a directory on an encrypted volume or a tmpfs, \
+             or allow it with [restore_drill] allow_unencrypted_spool = true",
+            path.display(),
+            if m.source.is_empty() { "an unnamed device" } else { &m.source },
+            m.fstype,
+            m.mountpoint.display()
+        ),
+        None => bail!(
+            "the drill's spool {}: no mount holds it in /proc/self/mountinfo, so its encryption cannot be shown; \
+             set [restore_drill] spool_dir elsewhere or allow it with [restore_drill] allow_unencrypted_spool = true",
+            path.display()
+        ),
+    }
 }

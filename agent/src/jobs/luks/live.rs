@@ -392,6 +392,26 @@ impl Snapshot {
         }
     }
 
+    /// The mount `path` (absolute, symlinks resolved) lives on — the last
+    /// of the longest matching mount points, as the kernel resolves
+    /// over-mounts — and whether its bytes stay off unencrypted disks: a
+    /// memory filesystem (tmpfs, ramfs), or a device chain that reaches an
+    /// encrypting dm mapping.
+    pub fn storage_of(&self, path: &Path) -> Option<(&Mount, bool)> {
+        let m = self
+            .mounts
+            .iter()
+            .filter(|m| path.starts_with(&m.mountpoint))
+            .max_by_key(|m| m.mountpoint.as_os_str().len())?;
+        let safe = matches!(m.fstype.as_str(), "tmpfs" | "ramfs")
+            || self.mount_device(m).is_some_and(|d| {
+                self.reaches(d, &|_, n| {
+                    n.dm_uuid.as_deref().is_some_and(is_encrypting_dm_uuid)
+                })
+            });
+        Some((m, safe))
+    }
+
     /// Disk filesystems mounted at or under any of `data_paths` whose device
     /// chain reaches no encrypting dm mapping.
     pub fn unencrypted_under(&self, data_paths: &[PathBuf]) -> Vec<UnencryptedMount> {

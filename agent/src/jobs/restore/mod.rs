@@ -90,7 +90,8 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .open(1, &ctx.cancel)
         .with_context(|| format!("opening destination {dest_name}"))?;
     let chosen = choose(dest.as_ref(), &prefix, &p).await?;
-    let m = retrieve::read_manifest(dest.as_ref(), &chosen.manifest_key(&prefix)).await?;
+    let mut m = retrieve::read_manifest(dest.as_ref(), &chosen.manifest_key(&prefix)).await?;
+    retrieve::read_details(dest.as_ref(), &chosen.manifest_key(&prefix), &key, &mut m).await?;
     anyhow::ensure!(
         m.format == manifest::FORMAT && m.database == chosen.database && m.content == chosen.content,
         "{}: the manifest does not describe this backup (format {:?}, database {:?}); not restoring it",

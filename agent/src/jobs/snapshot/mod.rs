@@ -128,6 +128,8 @@ struct Run<'a> {
     description: String,
     lock_window_ends: Instant,
     slots: Semaphore,
+    /// A legal hold is in force: retention decides but deletes nothing.
+    holding: bool,
 }
 
 impl Run<'_> {
@@ -318,6 +320,14 @@ impl Run<'_> {
         r.leftovers = p.leftovers;
         r.foreign = p.foreign.len();
         r.retained = p.keep.len() + p.delete.len();
+        if self.holding {
+            r.retention_skipped
+                .extend(p.delete.into_iter().map(|name| KeptSnapshot {
+                    name,
+                    reason: "legal hold".into(),
+                }));
+            return;
+        }
         for name in p.delete {
             if self.ctx.cancel.is_cancelled() {
                 return;
@@ -407,6 +417,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         &cfg.api_token_secret_file,
         &cfg.ca_file,
         Duration::from_secs(60),
+        ctx.config.policy.min_tls_version,
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -461,6 +472,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         snapname: snapname.clone(),
         lock_window_ends: Instant::now() + Duration::from_secs(cfg.lock_retry_seconds),
         slots: Semaphore::new(cfg.concurrency.max(1) as usize),
+        holding: crate::hold::holding(&ctx.config.state_dir),
     };
     let mut reports: Vec<GuestReport> =
         futures_util::future::join_all(sel.targets.iter().cloned().map(|t| run.guest(t))).await;
@@ -478,13 +490,21 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         ));
         reports.push(r);
     }
-    Ok(outcome(
+    let mut o = outcome(
         cfg,
         &snapname,
         &sel.skipped,
         &reports,
         ctx.cancel.is_cancelled(),
-    ))
+    );
+    // A guest no longer on this node (migrated, destroyed, excluded) loses
+    // its series, judged from the listing that just succeeded.
+    let live = reports.iter().map(|r| r.vmid.to_string()).collect();
+    o.metrics
+        .keep_only(Family::SnapshotLastSuccess, "vmid", live);
+    o.metrics
+        .set(Family::LegalHold, &[], if run.holding { 1.0 } else { 0.0 });
+    Ok(o)
 }
 
 fn outcome(
@@ -498,7 +518,7 @@ fn outcome(
     let mut m = MetricsUpdate {
         // Re-described in full by every run that got this far.
         clear: vec![Family::SnapshotLastResult, Family::SnapshotRetained],
-        set: vec![],
+        ..Default::default()
     };
     let count = |res: GuestResult| reports.iter().filter(|r| r.result == res).count();
     let mut failures: Vec<String> = Vec::new();
@@ -560,7 +580,7 @@ fn outcome(
         count(GuestResult::Unsupported),
         count(GuestResult::Failed),
         if attention.is_empty() { String::new() } else { format!(" ({})", attention.join("; ")) },
-        if kept > 0 { format!(", {kept} kept (replication/lock)") } else { String::new() },
+        if kept > 0 { format!(", {kept} kept (replication/lock/legal hold)") } else { String::new() },
         if leftovers > 0 { format!(", {leftovers} half-done snapshot(s) need a look") } else { String::new() },
         skipped.len(),
     );

@@ -57,6 +57,10 @@ pub struct S3Settings {
     pub object_lock_days: u32,
     /// Path-style addressing.
     pub path_style: bool,
+    /// The lowest TLS version accepted (`[policy] min_tls_version`).
+    pub min_tls: crate::tls_floor::TlsFloor,
+    /// PEM certificates trusted besides the public roots (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// An S3 bucket as a destination.
@@ -95,6 +99,17 @@ impl S3Store {
             }
             Ok(s)
         };
+        let ca_pem = match &cfg.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|source| {
+                Cause::Io {
+                    op: "reading the S3 endpoint's ca_file",
+                    path: p.clone(),
+                    source,
+                }
+                .during("")
+            })?),
+            None => None,
+        };
         let access_key = read(&cfg.access_key_id_file)?;
         let secret_key = read(&cfg.secret_access_key_file)?;
         let t = Transport::new(
@@ -105,6 +120,8 @@ impl S3Store {
                 region: &cfg.region,
                 access_key: &access_key,
                 secret_key: &secret_key,
+                min_tls: cfg.min_tls,
+                ca_pem: ca_pem.as_deref(),
             },
             cancel,
             Limits::default(),

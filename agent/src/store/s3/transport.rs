@@ -61,6 +61,7 @@ pub struct Transport {
     signer: Signer,
     /// The endpoint as configured (messages name it).
     endpoint: String,
+    min_tls: crate::tls_floor::TlsFloor,
     base: Url,
     bucket: String,
     path_style: bool,
@@ -110,6 +111,10 @@ pub struct Target<'a> {
     pub access_key: &'a str,
     /// Secret access key.
     pub secret_key: &'a str,
+    /// The lowest TLS version accepted from an `https://` endpoint.
+    pub min_tls: crate::tls_floor::TlsFloor,
+    /// PEM certificates trusted besides the public roots.
+    pub ca_pem: Option<&'a [u8]>,
 }
 
 impl Transport {
@@ -125,7 +130,18 @@ impl Transport {
                 target.endpoint
             ))
         })?;
-        let http = reqwest::Client::builder()
+        let mut builder = target.min_tls.apply(reqwest::Client::builder());
+        if let Some(pem) = target.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Cause::Setup(format!("the ca_file is not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(Cause::Setup("the ca_file holds no certificate".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(30))
             .build()
@@ -134,6 +150,7 @@ impl Transport {
             http,
             signer: Signer::new(target.access_key, target.secret_key, target.region),
             endpoint: target.endpoint.to_owned(),
+            min_tls: target.min_tls,
             base,
             bucket: target.bucket.to_owned(),
             path_style: target.path_style,
@@ -352,6 +369,10 @@ impl Transport {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> Cause {
+        // A server below the TLS floor is a setup problem, not a blip: no retries.
+        if let Some(words) = self.min_tls.explain(&self.endpoint, e) {
+            return Cause::Setup(words);
+        }
         // reqwest's own message is generic ("error sending request"); the
         // source says what happened (refused, reset, closed mid-body).
         let source = std::error::Error::source(e)
@@ -421,6 +442,8 @@ mod tests {
                 region: "us-east-1",
                 access_key: "k",
                 secret_key: "s",
+                min_tls: crate::tls_floor::TlsFloor::V1_3,
+                ca_pem: None,
             },
             CancellationToken::new(),
             limits,
