@@ -33,7 +33,7 @@ fn notify(states: &[NotifyState]) {
 fn schedule_metrics(runner: &Runner) -> MetricsUpdate {
     let mut u = MetricsUpdate {
         clear: vec![Family::JobNextRun],
-        set: vec![],
+        ..Default::default()
     };
     for (k, t) in runner.next_fires(Utc::now()) {
         u.set(

@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod job;
 pub mod progress;
 pub mod status;
+pub mod vm_backups;
 
 use crate::config::{self, Config};
 use std::path::PathBuf;

@@ -9,8 +9,10 @@
 //! snapshot or delete is `jobs::snapshot`'s business.
 
 pub mod upid;
+pub mod vzdump;
 
 pub use upid::Upid;
+pub use vzdump::{BackupVolume, StorageConfig, VolumeInfo};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeOwned;

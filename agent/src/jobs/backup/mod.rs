@@ -555,7 +555,7 @@ impl Env<'_> {
         let what = format!("database {db}");
         let (streamed, uploaded, facts) = tokio::join!(
             stream::run(
-                cmd,
+                stream::Source::Program(cmd),
                 &what,
                 self.recipients.clone(),
                 senders,

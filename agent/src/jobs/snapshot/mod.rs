@@ -132,7 +132,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn explain(&self, e: &PveError) -> String {
-        match e.hint(&self.cfg.api_token_id, &self.cfg.api_token_secret_file) {
+        match e.hint(
+            &self.cfg.proxmox.api_token_id,
+            &self.cfg.proxmox.api_token_secret_file,
+        ) {
             Some(h) => format!("{e} — {h}"),
             None => e.to_string(),
         }
@@ -148,7 +151,7 @@ impl Run<'_> {
     /// Create (retrying locks inside the window), then prune.
     async fn guest(&self, t: Target) -> GuestReport {
         let mut r = GuestReport::new(&t);
-        let node = &self.cfg.node;
+        let node = &self.cfg.proxmox.node;
         let mut attempt = 0u32;
         loop {
             let permit = match self.slots.acquire().await {
@@ -302,7 +305,7 @@ impl Run<'_> {
 
     /// Retention for one guest, only after its snapshot was taken.
     async fn prune(&self, t: &Target, r: &mut GuestReport) {
-        let node = &self.cfg.node;
+        let node = &self.cfg.proxmox.node;
         let list = match self.client.snapshots(node, t.guest_type, t.vmid).await {
             Ok(l) => l,
             Err(e) => {
@@ -402,10 +405,10 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     };
     let started = chrono::Utc::now();
     let client = match PveClient::new(
-        &cfg.api_url,
-        &cfg.api_token_id,
-        &cfg.api_token_secret_file,
-        &cfg.ca_file,
+        &cfg.proxmox.api_url,
+        &cfg.proxmox.api_token_id,
+        &cfg.proxmox.api_token_secret_file,
+        &cfg.proxmox.ca_file,
         Duration::from_secs(60),
     ) {
         Ok(c) => c,
@@ -416,7 +419,10 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             ))
         }
     };
-    let hint = |e: &PveError| match e.hint(&cfg.api_token_id, &cfg.api_token_secret_file) {
+    let hint = |e: &PveError| match e.hint(
+        &cfg.proxmox.api_token_id,
+        &cfg.proxmox.api_token_secret_file,
+    ) {
         Some(h) => format!("{e} — {h}"),
         None => e.to_string(),
     };
@@ -424,28 +430,31 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         Ok(n) => n,
         Err(e) => {
             return Ok(setup_failure(
-                &format!("listing the cluster nodes at {}", cfg.api_url),
+                &format!("listing the cluster nodes at {}", cfg.proxmox.api_url),
                 hint(&e),
             ))
         }
     };
-    if !nodes.iter().any(|n| n.node == cfg.node) {
+    if !nodes.iter().any(|n| n.node == cfg.proxmox.node) {
         let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
         return Ok(setup_failure(
             "finding this node in the cluster",
-            format!("node {:?} is not one of {names:?}: set [snapshots] node to this host's Proxmox node name", cfg.node),
+            format!("node {:?} is not one of {names:?}: set [snapshots] node to this host's Proxmox node name", cfg.proxmox.node),
         ));
     }
     let guests: Vec<ClusterGuest> = match client.cluster_guests().await {
         Ok(g) => g,
         Err(e) => {
             return Ok(setup_failure(
-                &format!("listing guests at {}/cluster/resources", cfg.api_url),
+                &format!(
+                    "listing guests at {}/cluster/resources",
+                    cfg.proxmox.api_url
+                ),
                 hint(&e),
             ))
         }
     };
-    let sel = plan::select(&guests, &cfg.node, &cfg.include, &cfg.exclude);
+    let sel = plan::select(&guests, &cfg.proxmox.node, &cfg.include, &cfg.exclude);
     let snapname = plan::snapshot_name(&cfg.name_prefix, started);
     if !plan::valid_snapshot_name(&snapname) {
         return Ok(setup_failure(
@@ -474,7 +483,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         r.guest_type = None;
         r.fail(format!(
             "guest {vmid} is in [snapshots] include but {} does not show it: grant VM.Audit (and VM.Snapshot) on /vms/{vmid} to the token, or remove it from include",
-            cfg.api_token_id
+            cfg.proxmox.api_token_id
         ));
         reports.push(r);
     }
@@ -498,7 +507,7 @@ fn outcome(
     let mut m = MetricsUpdate {
         // Re-described in full by every run that got this far.
         clear: vec![Family::SnapshotLastResult, Family::SnapshotRetained],
-        set: vec![],
+        ..Default::default()
     };
     let count = |res: GuestResult| reports.iter().filter(|r| r.result == res).count();
     let mut failures: Vec<String> = Vec::new();
@@ -553,7 +562,7 @@ fn outcome(
         .collect();
     let summary = format!(
         "{snapname} on {}: {} ok, {} degraded, {} locked, {} unsupported, {} failed{}; {deleted} old snapshot(s) deleted{}{}; {} guest(s) skipped",
-        cfg.node,
+        cfg.proxmox.node,
         count(GuestResult::Ok),
         count(GuestResult::Degraded),
         count(GuestResult::Locked),
@@ -565,7 +574,7 @@ fn outcome(
         skipped.len(),
     );
     let result = json!({
-        "node": cfg.node,
+        "node": cfg.proxmox.node,
         "snapshot": snapname,
         "counts": GuestResult::ALL.iter().map(|r| (r.as_str(), count(*r))).collect::<std::collections::BTreeMap<_, _>>(),
         "deleted": deleted,

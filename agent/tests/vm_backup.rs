@@ -1,0 +1,474 @@
+//! End to end: `cloudnx-agent vm-backup` and `vm-restore` against the Proxmox
+//! VE API simulator (tests/pve-simulator: real archive files, vzdump task
+//! logs, storage content, restores), a real S3 server (moto) beside a
+//! filesystem destination, and real gpg opening what the agent wrote.
+
+mod support;
+
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use support::gpg::Gpg;
+use support::pve::{PveSim, TOKEN_SECRET};
+use support::s3::Moto;
+use support::{agent, text, S3Dest, Scratch};
+
+const BUCKET: &str = "vm-backups";
+
+struct Setup {
+    scratch: Scratch,
+    gpg: Gpg,
+    key: PathBuf,
+    sim: PveSim,
+}
+
+fn privileges() -> Value {
+    json!({"*": ["VM.Audit", "VM.Snapshot", "VM.Backup", "VM.Allocate"],
+           "/storage": ["Datastore.Audit", "Datastore.AllocateSpace", "Datastore.Allocate"]})
+}
+
+fn setup(guests: Value) -> Setup {
+    let scratch = Scratch::new();
+    let gpg = Gpg::new();
+    let key = gpg.export_public(&scratch.path("backup.pub.asc"));
+    let sim = PveSim::start(
+        scratch.dir.path(),
+        json!({"node": "pve1", "nodes": ["pve1", "pve2"], "vzdump_seconds": 0.3,
+               "backup_size_bytes": 300_000, "privileges": privileges(), "guests": guests}),
+    );
+    Setup {
+        scratch,
+        gpg,
+        key,
+        sim,
+    }
+}
+
+impl Setup {
+    /// `[proxmox]`, the destinations (`local`, and `s3` when given) and `[vm_backup]`.
+    fn config(&self, s3_endpoint: Option<&str>, extra: &str) -> PathBuf {
+        let secret = self
+            .scratch
+            .secret("secrets/pve-token", &format!("{TOKEN_SECRET}\n"));
+        let s3 = s3_endpoint.map(|e| S3Dest::new(e, BUCKET));
+        let (dests, names) = self.scratch.destinations(s3.as_ref());
+        let body = format!(
+            "{}{dests}[vm_backup]\ndump_storage = \"local\"\ndestinations = [{names}]\nencrypt_to = [\"{}\"]\n{extra}\n",
+            self.sim.proxmox_section(&secret),
+            self.key.display()
+        );
+        self.scratch.config(&body)
+    }
+
+    fn run(&self, cfg: &Path, args: &[&str]) -> (std::process::Output, Value) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = agent(cfg, &all);
+        let rec: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out, rec)
+    }
+
+    /// The filesystem destination's file at `key`.
+    fn fs(&self, key: &str) -> PathBuf {
+        self.scratch.path("fs").join(key)
+    }
+}
+
+fn guest(rec: &Value, vmid: u64) -> &Value {
+    rec["result"]["guests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no guests in {rec:#}"))
+        .iter()
+        .find(|g| g["vmid"] == vmid)
+        .unwrap_or_else(|| panic!("guest {vmid} not in result: {rec:#}"))
+}
+
+/// The simulator's record of the archive `volid`.
+fn archive<'a>(stats: &'a Value, volid: &str) -> &'a Value {
+    stats["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["volid"] == volid)
+        .unwrap_or_else(|| panic!("{volid} not among the simulator's archives: {stats:#}"))
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn dest<'a>(g: &'a Value, name: &str) -> &'a Value {
+    g["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["destination"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {g:#}"))
+}
+
+#[test]
+fn vm_backup_three_guests_reach_every_destination_and_gpg_opens_each_archive() {
+    let moto = Moto::start();
+    moto.bucket(BUCKET, false);
+    let s = setup(json!([
+        {"vmid": 100, "type": "qemu", "name": "web"},
+        {"vmid": 101, "type": "lxc", "name": "dns"},
+        {"vmid": 102, "type": "qemu", "name": "db", "backup_size_bytes": 1_200_000},
+        {"vmid": 200, "type": "qemu", "name": "elsewhere", "node": "pve2"},
+    ]));
+    let cfg = s.config(Some(&moto.endpoint()), "");
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rec["state"], "succeeded", "{rec:#}");
+    let stats = s.sim.stats();
+    let s3_keys = moto.keys(BUCKET);
+    for vmid in [100u64, 101, 102] {
+        let g = guest(&rec, vmid);
+        assert_eq!(g["result"], "ok", "{g:#}");
+        let volid = g["volid"].as_str().unwrap();
+        let a = archive(&stats, volid);
+        let stamp = g["stamp"].as_str().unwrap();
+        let name = Path::new(a["path"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let key = format!("test-host/vm/{vmid}/{stamp}/{name}.pgp");
+        // Filesystem destination: gpg opens it, and it is the very archive.
+        assert_eq!(dest(g, "local")["key"], key.as_str());
+        let plain = s.gpg.decrypt(&s.fs(&key));
+        assert_eq!(plain.len() as u64, a["size"].as_u64().unwrap());
+        assert_eq!(
+            sha256_hex(&plain),
+            a["sha256"].as_str().unwrap(),
+            "guest {vmid}"
+        );
+        let m: Value = serde_json::from_slice(
+            &std::fs::read(s.fs(&format!("test-host/vm/{vmid}/{stamp}/manifest.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["format"], "cloudnx-vm-backup/1");
+        assert_eq!(m["vmid"], vmid);
+        assert_eq!(m["type"], if vmid == 101 { "lxc" } else { "qemu" });
+        assert_eq!(m["volid"], volid);
+        assert_eq!(m["plaintext_sha256"], a["sha256"]);
+        assert!(m["audit_head"].is_string(), "{m:#}");
+        // S3: the same object and manifest.
+        assert!(s3_keys.contains(&key), "{key} not in {s3_keys:?}");
+        assert!(s3_keys.contains(&format!("test-host/vm/{vmid}/{stamp}/manifest.json")));
+        let obj = moto.get(BUCKET, &key);
+        assert_eq!(sha256_hex(&obj), m["sha256"].as_str().unwrap());
+        let tmp = s.scratch.path(&format!("s3-{vmid}.pgp"));
+        std::fs::write(&tmp, &obj).unwrap();
+        assert_eq!(
+            sha256_hex(&s.gpg.decrypt(&tmp)),
+            a["sha256"].as_str().unwrap()
+        );
+        // The local archive is gone, deleted through the API.
+        assert!(
+            !Path::new(a["path"].as_str().unwrap()).exists(),
+            "{volid} still on disk"
+        );
+        assert_eq!(g["local_deleted"], true);
+    }
+    assert!(
+        !s3_keys.iter().any(|k| k.contains("/vm/200/")),
+        "a guest of another node was backed up"
+    );
+    let prom = s.scratch.prom();
+    for vmid in ["100", "101", "102"] {
+        for d in ["local", "s3"] {
+            assert!(
+                prom.contains(&format!("cloudnx_vm_backup_last_success_timestamp_seconds{{destination=\"{d}\",vmid=\"{vmid}\"}}")),
+                "{prom}"
+            );
+            assert!(
+                prom.contains(&format!(
+                    "cloudnx_vm_backup_retained{{destination=\"{d}\",vmid=\"{vmid}\"}} 1"
+                )),
+                "{prom}"
+            );
+        }
+        assert!(prom.contains(&format!(
+            "cloudnx_vm_backup_last_size_bytes{{vmid=\"{vmid}\"}}"
+        )));
+    }
+
+    // keep_local: the archive stays in the dump storage.
+    let cfg = s.config(Some(&moto.endpoint()), "keep_local = true");
+    let (out, rec) = s.run(&cfg, &["vm-backup", "--vmid", "101"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let g = guest(&rec, 101);
+    assert_eq!(g["local_deleted"], false);
+    let stats = s.sim.stats();
+    let a = archive(&stats, g["volid"].as_str().unwrap());
+    assert!(Path::new(a["path"].as_str().unwrap()).exists());
+    assert_eq!(
+        rec["result"]["guests"].as_array().unwrap().len(),
+        1,
+        "--vmid selects"
+    );
+}
+
+#[test]
+fn vm_backup_locked_guest_is_retried_warnings_degrade_and_an_error_writes_no_manifest() {
+    let s = setup(json!([
+        {"vmid": 103, "type": "qemu", "name": "iothread",
+         "backup_warnings": ["iothread is only valid with virtio disk or virtio-scsi-single controller, ignoring"]},
+        {"vmid": 104, "type": "qemu", "name": "disk-io-error",
+         "backup_error": "job failed with err -5 - Input/output error"},
+        {"vmid": 105, "type": "lxc", "name": "stale-lock", "lock": "backup"},
+        {"vmid": 106, "type": "qemu", "name": "briefly-locked", "lock": "backup",
+         "lock_seconds_after_first_attempt": 1.0},
+    ]));
+    let cfg = s.config(None, "lock_retry_seconds = 4");
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the error fails the job: {}",
+        text(&out)
+    );
+    let stamp_dir = |vmid: u64, g: &Value| {
+        g["stamp"]
+            .as_str()
+            .map(|st| s.fs(&format!("test-host/vm/{vmid}/{st}")))
+    };
+    let g = guest(&rec, 103);
+    assert_eq!(g["result"], "degraded", "{g:#}");
+    assert_eq!(g["exitstatus"], "WARNINGS: 1");
+    assert!(stamp_dir(103, g).unwrap().join("manifest.json").exists());
+    let g = guest(&rec, 104);
+    assert_eq!(g["result"], "failed", "{g:#}");
+    assert!(
+        g["message"]
+            .as_str()
+            .unwrap()
+            .contains("Input/output error"),
+        "{g:#}"
+    );
+    assert!(
+        g["stamp"].is_null(),
+        "nothing is reserved for a failed task: {g:#}"
+    );
+    assert!(
+        walk(&s.fs("test-host/vm/104")).is_empty(),
+        "a failed vzdump leaves nothing on the destination"
+    );
+    let g = guest(&rec, 105);
+    assert_eq!(g["result"], "locked", "{g:#}");
+    assert!(g["attempts"].as_u64().unwrap() >= 2, "retried: {g:#}");
+    assert!(
+        g["message"].as_str().unwrap().contains("locked (backup)"),
+        "{g:#}"
+    );
+    let g = guest(&rec, 106);
+    assert_eq!(g["result"], "ok", "retried until the lock went: {g:#}");
+    assert!(g["attempts"].as_u64().unwrap() >= 2, "{g:#}");
+    assert!(stamp_dir(106, g).unwrap().join("manifest.json").exists());
+    let prom = s.scratch.prom();
+    assert!(
+        prom.contains(
+            "cloudnx_vm_backup_last_success_timestamp_seconds{destination=\"local\",vmid=\"103\"}"
+        ),
+        "{prom}"
+    );
+    assert!(
+        !prom.contains("vmid=\"104\""),
+        "no series for the failed guest: {prom}"
+    );
+    assert!(
+        !prom.contains("vmid=\"105\""),
+        "no series for the locked guest: {prom}"
+    );
+}
+
+fn walk(d: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn vm_backup_one_destination_down_the_other_completes_and_metrics_say_which() {
+    let s = setup(json!([{"vmid": 100, "type": "qemu", "name": "web"}]));
+    // Nothing listens there.
+    let down = format!("http://127.0.0.1:{}", support::free_port());
+    let cfg = s.config(Some(&down), "");
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let g = guest(&rec, 100);
+    assert_eq!(dest(g, "local")["ok"], true, "{g:#}");
+    assert_eq!(dest(g, "s3")["ok"], false, "{g:#}");
+    let stamp = g["stamp"].as_str().unwrap();
+    assert!(s
+        .fs(&format!("test-host/vm/100/{stamp}/manifest.json"))
+        .exists());
+    // Not every destination has it: the local archive is kept.
+    assert_eq!(g["local_deleted"], false);
+    let stats = s.sim.stats();
+    assert!(Path::new(
+        archive(&stats, g["volid"].as_str().unwrap())["path"]
+            .as_str()
+            .unwrap()
+    )
+    .exists());
+    let prom = s.scratch.prom();
+    assert!(
+        prom.contains(
+            "cloudnx_vm_backup_last_success_timestamp_seconds{destination=\"local\",vmid=\"100\"}"
+        ),
+        "{prom}"
+    );
+    assert!(
+        !prom.contains("cloudnx_vm_backup_last_success_timestamp_seconds{destination=\"s3\""),
+        "{prom}"
+    );
+}
+
+#[test]
+fn vm_restore_of_an_older_backup_into_a_new_vmid_hands_proxmox_the_original_bytes() {
+    let s = setup(json!([
+        {"vmid": 100, "type": "qemu", "name": "web"},
+        {"vmid": 101, "type": "lxc", "name": "dns"},
+    ]));
+    let cfg = s.config(None, "");
+    let mut firsts = Vec::new();
+    for _ in 0..2 {
+        let (out, rec) = s.run(&cfg, &["vm-backup"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        firsts.push(rec);
+        // Stamps are per second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let stats = s.sim.stats();
+    let older = guest(&firsts[0], 100);
+    let newer = guest(&firsts[1], 100);
+    let older_sha = archive(&stats, older["volid"].as_str().unwrap())["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let newer_sha = archive(&stats, newer["volid"].as_str().unwrap())["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(older_sha, newer_sha, "the simulator's backups differ");
+    let secret = s.gpg.export_secret(&s.scratch.path("backup.sec.asc"));
+
+    // `backups list --vm` shows both.
+    let out = agent(&cfg, &["--json", "backups", "list", "--vm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stamps: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["vmid"] == 100)
+        .map(|b| b["stamp"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stamps,
+        vec![
+            newer["stamp"].as_str().unwrap(),
+            older["stamp"].as_str().unwrap()
+        ]
+    );
+
+    let stamp = older["stamp"].as_str().unwrap();
+    let (out, rec) = s.run(
+        &cfg,
+        &[
+            "vm-restore",
+            "--vmid",
+            "100",
+            "--backup",
+            stamp,
+            "--target-vmid",
+            "900",
+            "--storage",
+            "local-lvm",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rec["state"], "succeeded", "{rec:#}");
+    let stats = s.sim.stats();
+    let restores = stats["restores"].as_array().unwrap();
+    assert_eq!(restores.len(), 1, "{stats:#}");
+    let r = &restores[0];
+    assert_eq!(r["vmid"], 900);
+    assert_eq!(r["type"], "qemu");
+    assert_eq!(r["storage"], "local-lvm");
+    assert_eq!(
+        r["sha256"],
+        older_sha.as_str(),
+        "Proxmox got the older archive's bytes"
+    );
+    assert_eq!(r["exitstatus"], "OK");
+    assert_eq!(stats["guests"]["900"]["type"], "qemu");
+
+    // An existing target is refused before anything is fetched.
+    let (out, _) = s.run(
+        &cfg,
+        &[
+            "vm-restore",
+            "--vmid",
+            "101",
+            "--target-vmid",
+            "100",
+            "--storage",
+            "local-lvm",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("guest 100 already exists"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.sim.stats()["restores"].as_array().unwrap().len(), 1);
+
+    // A container comes back through lxc ostemplate + restore=1.
+    let (out, _) = s.run(
+        &cfg,
+        &[
+            "vm-restore",
+            "--vmid",
+            "101",
+            "--target-vmid",
+            "901",
+            "--storage",
+            "local-lvm",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stats = s.sim.stats();
+    let r = stats["restores"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(r["type"], "lxc");
+    assert_eq!(r["vmid"], 901);
+    let newest101 = guest(&firsts[1], 101);
+    assert_eq!(
+        r["sha256"],
+        archive(&stats, newest101["volid"].as_str().unwrap())["sha256"]
+    );
+}
