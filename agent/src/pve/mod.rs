@@ -12,7 +12,6 @@ pub mod upid;
 pub mod vzdump;
 
 pub use upid::Upid;
-pub use vzdump::{BackupVolume, StorageConfig, VolumeInfo};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeOwned;

@@ -716,7 +716,28 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .map(|g| g.vmid)
         .collect();
     let full_run = ctx.params.vmids.is_empty();
-    let kept = retention::apply(&run, &reports, full_run.then_some(on_node.as_slice())).await;
+    let this_run: Vec<retention::ThisRun<'_>> = reports
+        .iter()
+        .map(|r| retention::ThisRun {
+            vmid: r.vmid,
+            stamp: r.stamp.as_deref(),
+            reached: r
+                .destinations
+                .iter()
+                .filter(|d| d.ok)
+                .map(|d| d.destination.as_str())
+                .collect(),
+        })
+        .collect();
+    let env = retention::Env {
+        ctx,
+        dests: &run.dests,
+        prefixes: &run.prefixes,
+        writer: &run.writer,
+        retention_days: cfg.retention_days,
+        keep_min: cfg.keep_min,
+    };
+    let kept = retention::apply(&env, &this_run, full_run.then_some(on_node.as_slice())).await;
     Ok(outcome(
         cfg,
         &sel.skipped,

@@ -10,12 +10,45 @@
 //! deleted whole, audited, and its series leave the metrics file.
 
 use super::manifest::{self, MANIFEST};
-use super::{GuestReport, Run};
 use crate::jobs::backup::retention::{parse_stamp, plan, Found, Verdict};
+use crate::jobs::context::JobContext;
 use crate::store::{Deleted, Destination};
 use anyhow::Context;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What retention works with.
+pub struct Env<'a> {
+    /// The job (audit, cancellation, state_dir).
+    pub ctx: &'a JobContext,
+    /// The destinations.
+    pub dests: &'a [Arc<dyn Destination>],
+    /// Their prefixes by name.
+    pub prefixes: &'a BTreeMap<String, String>,
+    /// This agent instance's writer id.
+    pub writer: &'a str,
+    /// `[vm_backup] retention_days`.
+    pub retention_days: u32,
+    /// `[vm_backup] keep_min`.
+    pub keep_min: u32,
+}
+
+impl Env<'_> {
+    fn prefix(&self, dest: &str) -> &str {
+        self.prefixes.get(dest).map_or("", String::as_str)
+    }
+}
+
+/// A guest this run backed up (or tried to).
+pub struct ThisRun<'a> {
+    /// Guest id.
+    pub vmid: u32,
+    /// The stamp it wrote under, if it got that far.
+    pub stamp: Option<&'a str>,
+    /// Destinations that have this run's backup (object and manifest).
+    pub reached: Vec<&'a str>,
+}
 
 /// How long an incomplete backup of another writer is left alone (an upload in flight).
 const FOREIGN_GRACE_HOURS: i64 = 24;
@@ -61,11 +94,7 @@ pub fn retired_expired(
 
 /// Apply retention after the guests of this run. `on_node`: the guests this
 /// node owns (None when the run did not look at every guest: no retirement).
-pub(super) async fn apply(
-    run: &Run<'_>,
-    reports: &[GuestReport],
-    on_node: Option<&[u32]>,
-) -> Summary {
+pub async fn apply(run: &Env<'_>, reports: &[ThisRun<'_>], on_node: Option<&[u32]>) -> Summary {
     let mut s = Summary::default();
     let held = match crate::hold::current(&run.ctx.config.state_dir) {
         Ok(None) => None,
@@ -74,7 +103,7 @@ pub(super) async fn apply(
     };
     let now = chrono::Utc::now();
     let mut retired_everywhere: BTreeMap<u32, bool> = BTreeMap::new();
-    for d in &run.dests {
+    for d in run.dests {
         if run.ctx.cancel.is_cancelled() {
             break;
         }
@@ -121,23 +150,13 @@ pub(super) async fn apply(
                 .collect();
             let mut doomed: Vec<(String, &'static str)> = Vec::new();
             if retired {
-                if retired_expired(&found, now, run.cfg.retention_days) {
+                if retired_expired(&found, now, run.retention_days) {
                     doomed.extend(found.iter().map(|f| (f.stamp.clone(), "retired")));
                 }
             } else {
-                let current = report.and_then(|r| r.stamp.as_deref());
-                let succeeded = report.is_some_and(|r| {
-                    r.destinations
-                        .iter()
-                        .any(|x| x.destination == d.name() && x.ok)
-                });
-                let verdicts = plan(
-                    &found,
-                    now,
-                    run.cfg.retention_days,
-                    run.cfg.keep_min,
-                    current,
-                );
+                let current = report.and_then(|r| r.stamp);
+                let succeeded = report.is_some_and(|r| r.reached.contains(&d.name()));
+                let verdicts = plan(&found, now, run.retention_days, run.keep_min, current);
                 for (f, v) in found.iter().zip(verdicts) {
                     match v {
                         Verdict::DeleteExpired if succeeded => {
@@ -148,7 +167,7 @@ pub(super) async fn apply(
                                 t < now - chrono::Duration::hours(FOREIGN_GRACE_HOURS)
                             });
                             let dir = manifest::stamp_dir(run.prefix(d.name()), vmid, &f.stamp);
-                            let ours = matches!(d.writer(&dir).await, Ok(Some(w)) if w.split_whitespace().next() == Some(run.writer.as_str()));
+                            let ours = matches!(d.writer(&dir).await, Ok(Some(w)) if w.split_whitespace().next() == Some(run.writer));
                             if old || ours {
                                 doomed.push((f.stamp.clone(), "incomplete"));
                             }
@@ -212,7 +231,7 @@ pub(super) async fn apply(
 /// incomplete leftover, never a manifest without its object); every
 /// deletion audited as it happens. Ok(false): Object Lock refused, kept.
 async fn delete_stamp(
-    run: &Run<'_>,
+    run: &Env<'_>,
     d: &dyn Destination,
     keys: &[String],
     detail: &Value,
