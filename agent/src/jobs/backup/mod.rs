@@ -19,7 +19,7 @@ use crate::crypto::Recipients;
 use crate::jobs::context::{JobContext, Outcome};
 use crate::metrics::{Family, MetricsUpdate};
 use crate::pg::{self, ConnInfo, ServerVersion};
-use crate::store::{Cause, Deleted, Destination, Reservation, StoreResult};
+use crate::store::{Cause, Deleted, Destination, Reservation};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -29,7 +29,6 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// The result of one database on one destination.
 struct DestResult {
@@ -541,29 +540,24 @@ impl Env<'_> {
             .await
         };
 
-        // One channel per destination; a part is shared (not copied) between them.
-        let mut senders = Vec::new();
-        let mut uploads = Vec::new();
-        for (d, res) in self.dests.iter().zip(&r.dests) {
-            let (tx, rx) = mpsc::channel(1);
-            senders.push(tx);
-            let key = res.key.clone();
-            let d = d.clone();
-            uploads.push(async move { d.upload(&key, rx).await });
-        }
+        let targets: Vec<(Arc<dyn Destination>, String)> = self
+            .dests
+            .iter()
+            .zip(&r.dests)
+            .map(|(d, res)| (d.clone(), res.key.clone()))
+            .collect();
         let base = u64::from(self.cfg.part_size_mib) << 20;
         let what = format!("database {db}");
-        let (streamed, uploaded, facts) = tokio::join!(
-            stream::run(
+        let (fanned, facts) = tokio::join!(
+            stream::fan_out(
                 stream::Source::Program(cmd),
                 &what,
                 self.recipients.clone(),
-                senders,
+                &targets,
                 base,
                 &self.ctx.cancel,
                 &self.ctx.progress,
             ),
-            futures_util::future::join_all(uploads),
             facts
         );
         if let Some(s) = snapshot {
@@ -571,20 +565,12 @@ impl Env<'_> {
                 tracing::warn!(database = %db, "{e:#}");
             }
         }
-        let uploaded: Vec<StoreResult<u64>> = uploaded;
-        if streamed.is_err() {
-            // The stream sees only closed channels ("every destination
-            // failed"); each destination's own failure says why (EROFS and
-            // the path, the server's refusal). Uploads that merely saw the
-            // stream end or the job cancelled add nothing.
-            for (res, up) in r.dests.iter_mut().zip(&uploaded) {
-                if let Err(e) = up {
-                    if !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) {
-                        res.error = Some(e.to_string());
-                    }
-                }
+        for (res, e) in r.dests.iter_mut().zip(fanned.upload_errors()) {
+            if e.is_some() {
+                res.error = e;
             }
         }
+        let stream::FannedOut { streamed, uploaded } = fanned;
         let facts = facts.with_context(|| {
             format!("taking the schema fingerprint and row counts of {db} in the dump's snapshot; no manifest written")
         });

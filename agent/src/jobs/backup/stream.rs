@@ -11,7 +11,7 @@
 
 use crate::crypto::Recipients;
 use crate::progress::Progress;
-use crate::store::Feed;
+use crate::store::{Cause, Destination, Feed, StoreResult};
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -237,6 +237,63 @@ async fn finish<R>(reader: HashingReader<R>, writer: PartWriter) -> Streamed {
         size: n,
         sha256: hex::encode(hash.finalize()),
     }
+}
+
+/// What [`fan_out`] did: the stream, and each destination's upload (its size).
+pub struct FannedOut {
+    /// The stream's result.
+    pub streamed: anyhow::Result<Streamed>,
+    /// Each upload's result, in the order of the targets.
+    pub uploaded: Vec<StoreResult<u64>>,
+}
+
+impl FannedOut {
+    /// Why each destination failed, when the stream failed: the stream sees
+    /// only closed channels ("every destination failed"), so each
+    /// destination's own failure says why (EROFS and the path, the server's
+    /// refusal). Uploads that merely saw the stream end or the job
+    /// cancelled add nothing.
+    pub fn upload_errors(&self) -> Vec<Option<String>> {
+        self.uploaded
+            .iter()
+            .map(|up| match up {
+                Err(e)
+                    if self.streamed.is_err()
+                        && !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) =>
+                {
+                    Some(e.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The one pipeline for every source: stream `source` encrypted to
+/// `recipients` into an upload to `key` on each destination at once (one
+/// channel per destination; a part is shared, not copied).
+#[allow(clippy::too_many_arguments)]
+pub async fn fan_out(
+    source: Source,
+    what: &str,
+    recipients: Arc<Recipients>,
+    targets: &[(Arc<dyn Destination>, String)],
+    base_part: u64,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> FannedOut {
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for (d, key) in targets {
+        let (tx, rx) = mpsc::channel(1);
+        senders.push(tx);
+        uploads.push(async move { d.upload(key, rx).await });
+    }
+    let (streamed, uploaded) = tokio::join!(
+        run(source, what, recipients, senders, base_part, cancel, progress),
+        futures_util::future::join_all(uploads)
+    );
+    FannedOut { streamed, uploaded }
 }
 
 /// Stream `source`, encrypted to `recipients`, to every sender.

@@ -106,11 +106,7 @@ impl GuestReport {
     }
 
     fn label(&self) -> String {
-        let noun = self.guest_type.map_or("guest", GuestType::noun);
-        match &self.name {
-            Some(n) => format!("{noun} {} ({n})", self.vmid),
-            None => format!("{noun} {}", self.vmid),
-        }
+        plan::guest_label(self.guest_type, self.vmid, self.name.as_deref())
     }
 
     fn fail(&mut self, msg: String) {
@@ -236,8 +232,7 @@ impl Run<'_> {
                 }
                 TaskVerdict::Locked(lock) => {
                     drop(permit);
-                    let wait = plan::lock_backoff(attempt - 1);
-                    if Instant::now() + wait <= self.lock_window_ends {
+                    if let Some(wait) = plan::lock_retry(attempt, self.lock_window_ends) {
                         tracing::info!(vmid = t.vmid, lock = %lock, "guest locked; retrying in {} s", wait.as_secs());
                         tokio::select! {
                             () = self.ctx.cancel.cancelled() => {

@@ -9,7 +9,7 @@
 //! One guest at a time: vzdump is heavy, and its node-wide lock serialises
 //! backups anyway. A guest locked by another task is retried inside the
 //! run-wide `lock_retry_seconds` window exactly as snapshots are
-//! ([`snapshot::plan::classify`], [`snapshot::plan::lock_backoff`]); a task
+//! ([`snapshot::plan::classify`], [`snapshot::plan::lock_retry`]); a task
 //! ending `WARNINGS: n` is degraded (its archive is kept and shipped), an
 //! error fails the guest and nothing is written for it.
 //!
@@ -28,7 +28,7 @@ use crate::jobs::context::{JobContext, Outcome};
 use crate::jobs::snapshot::plan::{self, GuestResult, Target, TaskVerdict};
 use crate::metrics::{Family, MetricsUpdate};
 use crate::pve::{ClusterGuest, GuestType, PveClient, PveError, Upid};
-use crate::store::{Cause, Destination, Reservation, StoreResult};
+use crate::store::{Destination, Reservation};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use manifest::VmManifest;
@@ -37,7 +37,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Lines of a task's log quoted in the result.
 const LOG_TAIL: usize = 8;
@@ -126,11 +125,7 @@ impl GuestReport {
     }
 
     fn label(&self) -> String {
-        let noun = self.guest_type.map_or("guest", GuestType::noun);
-        match &self.name {
-            Some(n) => format!("{noun} {} ({n})", self.vmid),
-            None => format!("{noun} {}", self.vmid),
-        }
+        plan::guest_label(self.guest_type, self.vmid, self.name.as_deref())
     }
 
     fn fail(&mut self, msg: String) {
@@ -273,8 +268,7 @@ impl Run<'_> {
                     r.message = Some(format!("vzdump of {} ended with {n} warning(s) (see log_tail); the archive was shipped", r.label()));
                 }
                 TaskVerdict::Locked(lock) => {
-                    let wait = plan::lock_backoff(attempt - 1);
-                    if Instant::now() + wait <= self.lock_window_ends {
+                    if let Some(wait) = plan::lock_retry(attempt, self.lock_window_ends) {
                         tracing::info!(vmid = t.vmid, lock = %lock, "guest locked; retrying in {} s", wait.as_secs());
                         tokio::select! {
                             () = self.ctx.cancel.cancelled() => {
@@ -410,41 +404,32 @@ impl Run<'_> {
                 error: None,
             })
             .collect();
-        let mut senders = Vec::new();
-        let mut uploads = Vec::new();
-        for (d, res) in self.dests.iter().zip(&r.destinations) {
-            let (tx, rx) = mpsc::channel(1);
-            senders.push(tx);
-            let key = res.key.clone();
-            let d = d.clone();
-            uploads.push(async move { d.upload(&key, rx).await });
-        }
+        let targets: Vec<(Arc<dyn Destination>, String)> = self
+            .dests
+            .iter()
+            .zip(&r.destinations)
+            .map(|(d, res)| (d.clone(), res.key.clone()))
+            .collect();
         let what = format!("the archive of {}", r.label());
         self.ctx
             .progress
             .phase(format!("uploading {archive}"), Some(info.size));
-        let (streamed, uploaded) = tokio::join!(
-            stream::run(
-                Source::File(file),
-                &what,
-                self.recipients.clone(),
-                senders,
-                PART_SIZE,
-                &self.ctx.cancel,
-                &self.ctx.progress
-            ),
-            futures_util::future::join_all(uploads)
-        );
-        let uploaded: Vec<StoreResult<u64>> = uploaded;
-        if streamed.is_err() {
-            for (res, up) in r.destinations.iter_mut().zip(&uploaded) {
-                if let Err(e) = up {
-                    if !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) {
-                        res.error = Some(e.to_string());
-                    }
-                }
+        let fanned = stream::fan_out(
+            Source::File(file),
+            &what,
+            self.recipients.clone(),
+            &targets,
+            PART_SIZE,
+            &self.ctx.cancel,
+            &self.ctx.progress,
+        )
+        .await;
+        for (res, e) in r.destinations.iter_mut().zip(fanned.upload_errors()) {
+            if e.is_some() {
+                res.error = e;
             }
         }
+        let stream::FannedOut { streamed, uploaded } = fanned;
         let streamed = match streamed {
             Ok(s) => s,
             Err(e) => {
