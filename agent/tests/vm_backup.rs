@@ -472,3 +472,106 @@ fn vm_restore_of_an_older_backup_into_a_new_vmid_hands_proxmox_the_original_byte
         archive(&stats, newest101["volid"].as_str().unwrap())["sha256"]
     );
 }
+
+/// A complete-looking old backup on the filesystem destination.
+fn seed(s: &Setup, vmid: u32, stamp: &str) -> PathBuf {
+    let dir = s.fs(&format!("test-host/vm/{vmid}/{stamp}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!(
+            "vzdump-qemu-{vmid}-2020_01_01-00_00_00.vma.zst.pgp"
+        )),
+        b"old",
+    )
+    .unwrap();
+    std::fs::write(dir.join("manifest.json"), b"{}").unwrap();
+    dir
+}
+
+fn audit_actions(s: &Setup, action: &str) -> Vec<Value> {
+    std::fs::read_to_string(s.scratch.path("state/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == action)
+        .collect()
+}
+
+#[test]
+fn vm_backup_legal_hold_deletes_nothing_then_expired_and_retired_guests_go_with_their_series() {
+    let s = setup(json!([
+        {"vmid": 100, "type": "qemu", "name": "web"},
+        // Migrated away: its old backups here belong to a retired guest.
+        {"vmid": 300, "type": "qemu", "name": "moved", "node": "pve2"},
+    ]));
+    let expired = seed(&s, 100, "20200101T000000Z");
+    let retired = seed(&s, 300, "20200102T000000Z");
+    let cfg = s.config(None, "retention_days = 14");
+    s.scratch.secret(
+        "state/legal-hold.json",
+        r#"{"reason": "case 42", "since": "2026-01-01T00:00:00Z", "by": "test"}"#,
+    );
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(expired.join("manifest.json").exists() && retired.join("manifest.json").exists());
+    let held = rec["result"]["retention"]["held"].as_array().unwrap();
+    let reasons: Vec<(u64, &str)> = held
+        .iter()
+        .map(|h| (h["vmid"].as_u64().unwrap(), h["reason"].as_str().unwrap()))
+        .collect();
+    assert!(reasons.contains(&(100, "expired")), "{held:?}");
+    assert!(reasons.contains(&(300, "retired")), "{held:?}");
+    assert!(held.iter().all(|h| h["held"] == "case 42"), "{held:?}");
+    assert!(audit_actions(&s, "vm_backup.retention.delete").is_empty());
+    let prom = s.scratch.prom();
+    assert!(
+        prom.contains("cloudnx_vm_backup_retained{destination=\"local\",vmid=\"300\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("cloudnx_vm_backup_retained{destination=\"local\",vmid=\"100\"} 2"),
+        "{prom}"
+    );
+
+    // Released: the expired backup and the retired guest's go, audited, and
+    // the retired guest's series leave the metrics file.
+    std::fs::remove_file(s.scratch.path("state/legal-hold.json")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !expired.exists() || walk(&expired).is_empty(),
+        "{:?}",
+        walk(&expired)
+    );
+    assert!(
+        !retired.exists() || walk(&retired).is_empty(),
+        "{:?}",
+        walk(&retired)
+    );
+    assert_eq!(
+        rec["result"]["retention"]["retired"],
+        json!([300]),
+        "{rec:#}"
+    );
+    let deleted = audit_actions(&s, "vm_backup.retention.delete");
+    assert!(
+        deleted
+            .iter()
+            .any(|a| a["detail"]["vmid"] == 300 && a["detail"]["reason"] == "retired"),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted
+            .iter()
+            .any(|a| a["detail"]["vmid"] == 100 && a["detail"]["reason"] == "expired"),
+        "{deleted:?}"
+    );
+    let prom = s.scratch.prom();
+    assert!(!prom.contains("vmid=\"300\""), "{prom}");
+    // keep floor: the two runs' backups of 100 stay (both young).
+    assert!(
+        prom.contains("cloudnx_vm_backup_retained{destination=\"local\",vmid=\"100\"} 2"),
+        "{prom}"
+    );
+}
