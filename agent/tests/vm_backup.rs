@@ -209,6 +209,14 @@ fn vm_backup_three_guests_reach_every_destination_and_gpg_opens_each_archive() {
         1,
         "--vmid selects"
     );
+    // `status` shows every guest × destination as fresh.
+    let out = agent(&cfg, &["--json", "status"]);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let vm = st["vm_backups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert_eq!(vm.len(), 6, "{vm:?}");
+    assert!(vm.iter().all(|b| b["ok"] == true), "{vm:?}");
 }
 
 #[test]
