@@ -583,3 +583,50 @@ fn vm_backup_legal_hold_deletes_nothing_then_expired_and_retired_guests_go_with_
         "{prom}"
     );
 }
+
+#[test]
+fn vm_backup_retention_keeps_a_backup_under_object_lock_and_deletes_an_unlocked_expired_one() {
+    let moto = Moto::start();
+    moto.bucket(BUCKET, true);
+    let s = setup(json!([{"vmid": 100, "type": "qemu", "name": "web"}]));
+    let cfg = s.config(Some(&moto.endpoint()), "retention_days = 14");
+    moto.py(&format!(
+        "until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3)\n\
+         for stamp, locked in [('20200101T000000Z', True), ('20200202T000000Z', False)]:\n\
+         \x20   for name in ['vzdump-qemu-100-2020_01_01-00_00_00.vma.zst.pgp', 'manifest.json']:\n\
+         \x20       body = b'{{}}'\n\
+         \x20       md5 = base64.b64encode(hashlib.md5(body).digest()).decode()\n\
+         \x20       extra = dict(ObjectLockMode='COMPLIANCE', ObjectLockRetainUntilDate=until) if locked else {{}}\n\
+         \x20       s3.put_object(Bucket='{BUCKET}', Key='test-host/vm/100/' + stamp + '/' + name, Body=body, ContentMD5=md5, **extra)"
+    ));
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let keys = moto.keys(BUCKET);
+    assert!(
+        keys.iter()
+            .any(|k| k.contains("20200101T000000Z/manifest.json"))
+            && keys
+                .iter()
+                .any(|k| k.contains("20200101T000000Z/vzdump-qemu-100")),
+        "the locked backup is kept whole: {keys:?}"
+    );
+    assert!(
+        !keys.iter().any(|k| k.contains("20200202T000000Z")),
+        "the unlocked expired backup is deleted: {keys:?}"
+    );
+    let deleted = rec["result"]["retention"]["deleted"].as_array().unwrap();
+    assert!(
+        deleted.iter().all(|d| d["stamp"] == "20200202T000000Z"),
+        "{deleted:?}"
+    );
+    let prom = s.scratch.prom();
+    assert!(
+        prom.contains("cloudnx_vm_backup_retained{destination=\"s3\",vmid=\"100\"} 2"),
+        "the new backup and the locked one: {prom}"
+    );
+    let g = guest(&rec, 100);
+    let stamp = g["stamp"].as_str().unwrap();
+    // This run's own backup is the one counted beside the locked one.
+    let key = dest(g, "s3")["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("test-host/vm/100/{stamp}/")));
+}
