@@ -45,18 +45,9 @@ pub async fn list(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let dests: Vec<_> = cfg
-        .destinations
-        .iter()
-        .filter(|d| destination.is_none_or(|n| n == d.name))
-        .collect();
-    if dests.is_empty() {
-        eprintln!(
-            "cloudnx-agent: no destination {:?} in [[destinations]]",
-            destination.unwrap_or("")
-        );
+    let Some(dests) = super::backups::chosen(&cfg, destination) else {
         return super::EXIT_USAGE;
-    }
+    };
     let mut all = Vec::new();
     let mut failed = false;
     for d in dests {

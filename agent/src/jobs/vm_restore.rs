@@ -57,13 +57,6 @@ pub async fn read_manifest(
     Ok(m)
 }
 
-fn explain(client_token: &str, secret: &std::path::Path, e: &PveError) -> String {
-    match e.hint(client_token, secret) {
-        Some(h) => format!("{e} — {h}"),
-        None => e.to_string(),
-    }
-}
-
 /// Run the duty.
 pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     let cfg =
@@ -76,7 +69,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .as_ref()
         .context("vm-restore was started without its parameters")?;
     let px = &cfg.proxmox;
-    let why = |e: &PveError| explain(&px.api_token_id, &px.api_token_secret_file, e);
+    let why = |e: &PveError| e.explain(&px.api_token_id, &px.api_token_secret_file);
     let target = p.target_vmid.unwrap_or(p.vmid);
     let key = crate::jobs::restore::secret_key(&ctx.config, p.key.as_deref())?;
     let client = PveClient::new(

@@ -233,6 +233,14 @@ impl PveError {
         }
     }
 
+    /// The error followed by [`PveError::hint`], when there is one.
+    pub fn explain(&self, token_id: &str, secret_file: &Path) -> String {
+        match self.hint(token_id, secret_file) {
+            Some(h) => format!("{self} — {h}"),
+            None => self.to_string(),
+        }
+    }
+
     /// How an operator fixes it, when we know.
     pub fn hint(&self, token_id: &str, secret_file: &Path) -> Option<String> {
         match self {

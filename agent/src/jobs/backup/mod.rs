@@ -57,29 +57,9 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .as_ref()
         .context("the [backup] section is absent")?;
     let conn = ConnInfo::parse(&cfg.connection).context("[backup] connection")?;
-    let recipients = Arc::new(
-        tokio::task::spawn_blocking({
-            let keys = cfg.encrypt_to.clone();
-            move || Recipients::load(&keys)
-        })
-        .await??,
-    );
-    let mut dests: Vec<Arc<dyn Destination>> = Vec::new();
-    for name in &cfg.destinations {
-        let d = ctx
-            .config
-            .destination(name)
-            .with_context(|| format!("destination {name:?} is not defined"))?;
-        let store = d
-            .open(cfg.max_in_flight_parts as usize, &ctx.cancel)
-            .with_context(|| format!("opening destination {name}"))?;
-        dests.push(store);
-    }
-    let prefixes: BTreeMap<String, String> = cfg
-        .destinations
-        .iter()
-        .filter_map(|n| Some((n.clone(), ctx.config.destination(n)?.prefix.clone())))
-        .collect();
+    let recipients = load_recipients(&cfg.encrypt_to).await?;
+    let (dests, prefixes) =
+        open_destinations(ctx, &cfg.destinations, cfg.max_in_flight_parts as usize)?;
 
     let admin = conn.connect(None).await?;
     let version = pg::server_version(&admin).await?;
@@ -273,6 +253,39 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     };
     outcome.metrics = metrics;
     Ok(outcome)
+}
+
+/// The public keys every backup is encrypted to (read off the async runtime).
+pub async fn load_recipients(keys: &[std::path::PathBuf]) -> anyhow::Result<Arc<Recipients>> {
+    let keys = keys.to_vec();
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || Recipients::load(&keys)).await??,
+    ))
+}
+
+/// Destination name → its key prefix.
+pub type Prefixes = BTreeMap<String, String>;
+
+/// The named destinations, opened for this job, and their prefixes by name.
+pub fn open_destinations(
+    ctx: &JobContext,
+    names: &[String],
+    in_flight: usize,
+) -> anyhow::Result<(Vec<Arc<dyn Destination>>, Prefixes)> {
+    let mut dests = Vec::new();
+    let mut prefixes = BTreeMap::new();
+    for name in names {
+        let d = ctx
+            .config
+            .destination(name)
+            .with_context(|| format!("destination {name:?} is not defined"))?;
+        dests.push(
+            d.open(in_flight, &ctx.cancel)
+                .with_context(|| format!("opening destination {name}"))?,
+        );
+        prefixes.insert(name.clone(), d.prefix.clone());
+    }
+    Ok((dests, prefixes))
 }
 
 async fn select_databases(

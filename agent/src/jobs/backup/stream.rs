@@ -239,6 +239,12 @@ async fn finish<R>(reader: HashingReader<R>, writer: PartWriter) -> Streamed {
     }
 }
 
+fn cancelled(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: cancelled (the agent is shutting down); the partial upload was discarded"
+    )
+}
+
 /// What [`fan_out`] did: the stream, and each destination's upload (its size).
 pub struct FannedOut {
     /// The stream's result.
@@ -320,7 +326,7 @@ pub async fn run(
             let writer = part_writer(senders, base_part);
             let (r, reader, writer) = encrypt(inner, recipients, writer, progress).await?;
             if cancel.is_cancelled() {
-                bail!("{what}: cancelled (the agent is shutting down); the partial upload was discarded");
+                return Err(cancelled(what));
             }
             r.with_context(|| format!("streaming {what}"))?;
             Ok(finish(reader, writer).await)
@@ -391,7 +397,7 @@ async fn run_program(
     let stderr_text = stderr_task.join().unwrap_or_default();
 
     if cancel.is_cancelled() {
-        bail!("{what}: cancelled (the agent is shutting down); the partial upload was discarded");
+        return Err(cancelled(what));
     }
     // A failed encryption (every destination failed) killed the dump above:
     // its status would only say SIGKILL.

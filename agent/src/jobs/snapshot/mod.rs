@@ -128,13 +128,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn explain(&self, e: &PveError) -> String {
-        match e.hint(
+        e.explain(
             &self.cfg.proxmox.api_token_id,
             &self.cfg.proxmox.api_token_secret_file,
-        ) {
-            Some(h) => format!("{e} — {h}"),
-            None => e.to_string(),
-        }
+        )
     }
 
     async fn log_tail(&self, upid: &Upid) -> Vec<String> {
@@ -414,12 +411,11 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             ))
         }
     };
-    let hint = |e: &PveError| match e.hint(
-        &cfg.proxmox.api_token_id,
-        &cfg.proxmox.api_token_secret_file,
-    ) {
-        Some(h) => format!("{e} — {h}"),
-        None => e.to_string(),
+    let hint = |e: &PveError| {
+        e.explain(
+            &cfg.proxmox.api_token_id,
+            &cfg.proxmox.api_token_secret_file,
+        )
     };
     let nodes = match client.nodes().await {
         Ok(n) => n,

@@ -166,10 +166,7 @@ fn vzdump_verdict(exit: &str, log: &[String], vmid: u32) -> TaskVerdict {
 impl Run<'_> {
     fn explain(&self, e: &PveError) -> String {
         let p = &self.cfg.proxmox;
-        match e.hint(&p.api_token_id, &p.api_token_secret_file) {
-            Some(h) => format!("{e} — {h}"),
-            None => e.to_string(),
-        }
+        e.explain(&p.api_token_id, &p.api_token_secret_file)
     }
 
     fn prefix(&self, dest: &str) -> &str {
@@ -306,7 +303,7 @@ impl Run<'_> {
             .ship(t, r, &upid, started, degraded.then_some(exit))
             .await
         {
-            r.fail(format!("{} : {e:#}", r.label()));
+            r.fail(format!("{}: {e:#}", r.label()));
         } else if r.destinations.iter().any(|d| !d.ok) {
             let failed: Vec<String> = r
                 .destinations
@@ -613,33 +610,12 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             ))
         }
     };
-    let recipients = Arc::new(
-        tokio::task::spawn_blocking({
-            let keys = cfg.encrypt_to.clone();
-            move || Recipients::load(&keys)
-        })
-        .await??,
-    );
-    let mut dests: Vec<Arc<dyn Destination>> = Vec::new();
-    let mut prefixes = BTreeMap::new();
-    for name in &cfg.destinations {
-        let d = ctx
-            .config
-            .destination(name)
-            .with_context(|| format!("destination {name:?} is not defined"))?;
-        dests.push(
-            d.open(IN_FLIGHT, &ctx.cancel)
-                .with_context(|| format!("opening destination {name}"))?,
-        );
-        prefixes.insert(name.clone(), d.prefix.clone());
-    }
+    let recipients = dbbackup::load_recipients(&cfg.encrypt_to).await?;
+    let (dests, prefixes) = dbbackup::open_destinations(ctx, &cfg.destinations, IN_FLIGHT)?;
     let guests: Vec<ClusterGuest> = match client.cluster_guests().await {
         Ok(g) => g,
         Err(e) => {
-            let h = match e.hint(&p.api_token_id, &p.api_token_secret_file) {
-                Some(h) => format!("{e} — {h}"),
-                None => e.to_string(),
-            };
+            let h = e.explain(&p.api_token_id, &p.api_token_secret_file);
             return Ok(setup_failure(
                 &format!("listing guests at {}/cluster/resources", p.api_url),
                 h,
@@ -695,10 +671,13 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     }
     // Retention: every guest backed up now, and (on a full run) the guests
     // that left this node.
+    // A guest named in `include` is never retired: hidden from the token
+    // is not gone (it is reported above as not visible).
     let on_node: Vec<u32> = guests
         .iter()
         .filter(|g| g.node == p.node)
         .map(|g| g.vmid)
+        .chain(cfg.include.iter().copied())
         .collect();
     let full_run = ctx.params.vmids.is_empty();
     let this_run: Vec<retention::ThisRun<'_>> = reports
