@@ -630,3 +630,46 @@ fn vm_backup_retention_keeps_a_backup_under_object_lock_and_deletes_an_unlocked_
     let key = dest(g, "s3")["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with(&format!("test-host/vm/100/{stamp}/")));
 }
+
+#[test]
+fn vm_restore_of_a_damaged_object_hands_proxmox_nothing_and_leaves_no_archive() {
+    let s = setup(json!([{"vmid": 100, "type": "qemu", "name": "web"}]));
+    let cfg = s.config(None, "");
+    let (out, rec) = s.run(&cfg, &["vm-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let g = guest(&rec, 100);
+    let key = dest(g, "local")["key"].as_str().unwrap().to_owned();
+    // One flipped byte in the middle of the stored object.
+    let mut obj = std::fs::read(s.fs(&key)).unwrap();
+    let mid = obj.len() / 2;
+    obj[mid] ^= 0x55;
+    std::fs::write(s.fs(&key), &obj).unwrap();
+    let dump = s.scratch.path("pve-sim-storage/pve1/local/dump");
+    assert!(dump.is_dir(), "{}", dump.display());
+    let before = walk(&dump);
+    let secret = s.gpg.export_secret(&s.scratch.path("backup.sec.asc"));
+    let (out, _) = s.run(
+        &cfg,
+        &[
+            "vm-restore",
+            "--vmid",
+            "100",
+            "--target-vmid",
+            "900",
+            "--storage",
+            "local-lvm",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing was handed to Proxmox"),
+        "{}",
+        text(&out)
+    );
+    let stats = s.sim.stats();
+    assert_eq!(stats["restores"], json!([]), "{stats:#}");
+    assert!(stats["guests"].get("900").is_none());
+    assert_eq!(walk(&dump), before, "no archive, no temporary file left");
+}
