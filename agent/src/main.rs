@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use cloudnx_agent::cli;
-use cloudnx_agent::jobs::kind::RestoreParams;
+use cloudnx_agent::jobs::kind::{RestoreParams, VmRestoreParams};
 use cloudnx_agent::jobs::{JobKind, JobParams};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,14 @@ enum Verb {
     LuksCheck,
     /// Read this host's patch and reboot state now (read-only).
     Posture,
+    /// Back up Proxmox VE guests (vzdump) to every destination now.
+    VmBackup {
+        /// Only this guest (repeatable; default: as configured).
+        #[arg(long = "vmid", value_name = "N")]
+        vmids: Vec<u32>,
+    },
+    /// Restore a VM backup into Proxmox VE as a new guest.
+    VmRestore(VmRestoreArgs),
     /// Talk to an agent's control-plane API with a client certificate.
     Ctl(cli::ctl::CtlArgs),
     /// The audit log.
@@ -88,6 +96,28 @@ enum HoldVerb {
     },
     /// Whether a hold is set.
     Status,
+}
+
+#[derive(clap::Args)]
+struct VmRestoreArgs {
+    /// The guest whose backup to restore.
+    #[arg(long, value_name = "N")]
+    vmid: u32,
+    /// A stamp (YYYYMMDDTHHMMSSZ) or `latest`.
+    #[arg(long, value_name = "STAMP", default_value = "latest")]
+    backup: String,
+    /// Fetch from this destination (default: the first of [vm_backup] destinations).
+    #[arg(long, value_name = "NAME")]
+    destination: Option<String>,
+    /// The new guest's VMID (default: --vmid); refused when it exists.
+    #[arg(long, value_name = "M")]
+    target_vmid: Option<u32>,
+    /// The Proxmox storage for the new guest's disks.
+    #[arg(long, value_name = "S")]
+    storage: String,
+    /// Armored OpenPGP secret key (default: [restore_drill] decryption_key).
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +171,9 @@ enum BackupsVerb {
         /// Another host's backups (its host_id).
         #[arg(long, value_name = "HOST_ID")]
         host: Option<String>,
+        /// VM backups (vzdump archives) instead of database backups.
+        #[arg(long, conflicts_with = "databases")]
+        vm: bool,
     },
 }
 
@@ -230,8 +263,18 @@ fn main() -> ExitCode {
                         databases,
                         destination,
                         host,
+                        vm,
                     },
             } => {
+                if vm {
+                    return cli::vm_backups::list(
+                        config,
+                        destination.as_deref(),
+                        host.as_deref(),
+                        json,
+                    )
+                    .await;
+                }
                 cli::backups::list(
                     config,
                     &databases,
@@ -250,6 +293,27 @@ fn main() -> ExitCode {
             }
             Verb::Posture => {
                 cli::job::run_job(config, JobKind::Posture, JobParams::default(), json).await
+            }
+            Verb::VmBackup { vmids } => {
+                let params = JobParams {
+                    vmids,
+                    ..Default::default()
+                };
+                cli::job::run_job(config, JobKind::VmBackup, params, json).await
+            }
+            Verb::VmRestore(a) => {
+                let params = JobParams {
+                    destination: a.destination,
+                    vm_restore: Some(VmRestoreParams {
+                        vmid: a.vmid,
+                        backup: (a.backup != "latest").then_some(a.backup),
+                        target_vmid: a.target_vmid,
+                        storage: a.storage,
+                        key: a.key,
+                    }),
+                    ..Default::default()
+                };
+                cli::job::run_job(config, JobKind::VmRestore, params, json).await
             }
             Verb::Ctl(args) => cli::ctl::run(config, args).await,
             Verb::Audit {

@@ -96,6 +96,9 @@ families! {
     OutboxEvents = "cloudnx_report_outbox_events", Gauge, [], "Events waiting in the outbox for the control plane.";
     AuditRecords = "cloudnx_audit_records_total", Counter, [], "Records appended to the audit log.";
     AuditLastCheckpoint = "cloudnx_audit_last_checkpoint_timestamp_seconds", Gauge, [], "When the audit log head was last sealed by a signed checkpoint.";
+    VmBackupLastSuccess = "cloudnx_vm_backup_last_success_timestamp_seconds", Gauge, ["destination", "vmid"], "When a VM backup (vzdump) of this guest last completed on this destination.";
+    VmBackupLastSize = "cloudnx_vm_backup_last_size_bytes", Gauge, ["vmid"], "Encrypted size of the last VM backup of this guest.";
+    VmBackupRetained = "cloudnx_vm_backup_retained", Gauge, ["destination", "vmid"], "Complete VM backups of this guest kept on this destination.";
     HostUpdatesPending = "cloudnx_host_updates_pending", Gauge, ["origin"], "Installed packages `apt-get upgrade` would upgrade, by origin of the new version (security, other).";
     HostUpdatesHeldBack = "cloudnx_host_updates_held_back", Gauge, ["origin"], "Installed packages with a newer version that `apt-get upgrade` keeps back (it needs new packages or removals, e.g. a new kernel ABI), by origin.";
     HostSecurityOldestPending = "cloudnx_host_security_update_oldest_pending_seconds", Gauge, [], "How long the longest-waiting security update (pending or held back) has been pending, across newer versions of it; 0 when none.";
@@ -142,6 +145,9 @@ pub struct MetricsUpdate {
     pub keep_only: Vec<KeepOnly>,
     /// Series to set.
     pub set: Vec<Sample>,
+    /// Series to drop before `set`: every series of the family whose label
+    /// has this value (a retired guest's series leave the file).
+    pub forget: Vec<(Family, &'static str, String)>,
 }
 
 impl MetricsUpdate {
@@ -355,6 +361,12 @@ impl MetricsStore {
                         .and_then(|l| l.get(k.label).cloned())
                         .is_none_or(|v| !v.starts_with(k.scope) || k.live.contains(&v))
                 });
+            }
+        }
+        for (f, label, value) in &update.forget {
+            if let Some(series) = state.families.get_mut(f.name()) {
+                series
+                    .retain(|k, _| parse_label_key(k).is_none_or(|l| l.get(*label) != Some(value)));
             }
         }
         for s in &update.set {

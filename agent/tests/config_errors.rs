@@ -444,3 +444,61 @@ fn a_secret_file_of_another_user_is_refused_naming_owner_and_fix() {
     let (code, out) = check(&s, &body);
     assert_eq!(code, 0, "{out}");
 }
+
+/// `[proxmox]` is shared by `[snapshots]` and `[vm_backup]`; the connection
+/// keys still written in `[snapshots]` work, and check-config says to move them.
+#[test]
+fn proxmox_connection_in_snapshots_still_works_with_a_hint_and_vm_backup_needs_proxmox() {
+    let s = Scratch::new();
+    let secret = s.secret("secrets/pve", "x\n");
+    let ca = s.secret("ca.pem", "not read here\n");
+    let legacy = format!(
+        "[snapshots]\napi_token_id = \"a@pve!b\"\napi_token_secret_file = \"{}\"\nca_file = \"{}\"\n",
+        secret.display(),
+        ca.display()
+    );
+    let (code, out) = check(&s, &legacy);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("note: [snapshots] still holds the Proxmox connection (api_token_id, api_token_secret_file, ca_file): move these keys to a [proxmox] section"),
+        "{out}"
+    );
+    let shared = format!(
+        "[proxmox]\napi_token_id = \"a@pve!b\"\napi_token_secret_file = \"{}\"\nca_file = \"{}\"\n\n[snapshots]\n\n\
+         [[destinations]]\nname = \"d\"\ntype = \"filesystem\"\npath = \"{}\"\n\n\
+         [vm_backup]\ndestinations = [\"d\"]\nencrypt_to = [\"{}\"]\n",
+        secret.display(),
+        ca.display(),
+        s.path("fs").display(),
+        ca.display()
+    );
+    let (code, out) = check(&s, &shared);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("note:"), "{out}");
+    assert!(out.contains("vm-backup"), "{out}");
+    // [vm_backup] without [proxmox]: a problem with the fix.
+    let (code, out) = check(
+        &s,
+        &format!(
+            "[[destinations]]\nname = \"d\"\ntype = \"filesystem\"\npath = \"{}\"\n\n[vm_backup]\ndestinations = [\"d\"]\nencrypt_to = [\"{}\"]\nmode = \"fast\"\n",
+            s.path("fs").display(),
+            ca.display()
+        ),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("mode \"fast\" is not a vzdump mode"), "{out}");
+    let (code, out) = check(
+        &s,
+        &format!(
+            "[[destinations]]\nname = \"d\"\ntype = \"filesystem\"\npath = \"{}\"\n\n[vm_backup]\ndestinations = [\"d\", \"nowhere\"]\nencrypt_to = [\"{}\"]\n",
+            s.path("fs").display(),
+            ca.display()
+        ),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("[vm_backup] needs the Proxmox API connection"),
+        "{out}"
+    );
+    assert!(out.contains("add [proxmox]"), "{out}");
+}

@@ -15,6 +15,8 @@ the upstream code (see SOURCES below):
                                                  compress, notes-template, protected, lockwait,
                                                  remove, … -> UPID of a `vzdump` task
   GET    /nodes/{node}/storage                   storages on the node: storage, type, content, …
+  GET    /storage/{storage}                      storage.cfg section: type, path, content, …
+                                                 (Datastore.Allocate on /storage/{storage})
   GET    /nodes/{node}/storage/{storage}/content [content, vmid] -> volid, format, size, ctime,
                                                  content, subtype, vmid, notes, protected
   GET    /nodes/{node}/storage/{storage}/content/{volume}  path, size, used, format, notes, protected
@@ -480,6 +482,7 @@ class Sim:
         self.t0 = time.time()
         self.stats_path = stats_path
         self.nodes = scenario.get("nodes") or [scenario["node"]]
+        self.node = scenario.get("node") or self.nodes[0]
         self.token_id = scenario["token"]["id"]
         self.token_secret = scenario["token"]["secret"]
         # ACLs by path: "*" or a VMID for /vms/{vmid} (as before), or a path
@@ -948,6 +951,26 @@ class Sim:
         if sc is None:
             raise ApiError(500, f"storage '{sid}' does not exist")
         return sc
+
+    def read_storage(self, sid):
+        """GET /storage/{storage} (pve-storage PVE/API2/Storage/Config.pm `read`):
+        the storage.cfg section; needs Datastore.Allocate on /storage/{storage}.
+        A `path` holding {node} (this simulator's per-node directories) is
+        shown for the scenario's `node`."""
+        self.storage_path_param(sid)
+        self.check_path(f"/storage/{sid}", "Datastore.Allocate")
+        sc = self.storage_config(sid)
+        out = {"storage": sid, "type": sc["type"], "content": ",".join(sorted(sc["content"])),
+               "digest": hashlib.sha1(sid.encode()).hexdigest()}
+        if sc.get("path"):
+            out["path"] = self.storage_dir(sid, self.node)
+        if sc["shared"]:
+            out["shared"] = 1
+        if sc["disable"]:
+            out["disable"] = 1
+        if sc["nodes"] is not None:
+            out["nodes"] = ",".join(sorted(sc["nodes"]))
+        return out
 
     def storage_check_enabled(self, sid, node):
         """PVE::Storage::storage_check_enabled (+ storage_check_node)."""
@@ -1957,6 +1980,8 @@ def make_handler(sim):
                 return sim.get_nodes()
             if method == "GET" and p == ["cluster", "resources"]:
                 return sim.cluster_resources(query)
+            if method == "GET" and len(p) == 2 and p[0] == "storage":
+                return sim.read_storage(p[1])
             if len(p) >= 3 and p[0] == "nodes":
                 node = p[1]
                 if p[2] in ("qemu", "lxc"):

@@ -383,6 +383,21 @@ class VzdumpPermissionsTest(SimCase):
                             "POST", "/nodes/pve1/vzdump", {"vmid": "101", "storage": "local", "bwlimit": "1000"})
 
 
+class StorageConfigTest(SimCase):
+    scenario = {"vzdump_seconds": 0.2, "guests": GUESTS[:3],
+                "privileges": {"*": ["VM.Audit", "VM.Backup"],
+                               "/storage": ["Datastore.AllocateSpace", "Datastore.Audit"],
+                               "/storage/local": ["Datastore.Allocate"]}}
+
+    def test_read_storage_needs_datastore_allocate_and_shows_the_path(self):
+        conf = self.sim.ok("GET", "/storage/local")
+        self.assertEqual(conf["type"], "dir")
+        self.assertEqual(os.path.join(conf["path"], "dump"), self.sim.dump())
+        self.assertIn("backup", conf["content"].split(","))
+        self.assertApiError(403, "Permission check failed (/storage/local-lvm, Datastore.Allocate)",
+                            "GET", "/storage/local-lvm")
+
+
 class VzdumpGuestPermissionTest(SimCase):
     scenario = {"vzdump_seconds": 0.2, "guests": GUESTS[:3],
                 "privileges": {"*": ["VM.Audit", "VM.Backup"], "102": ["VM.Audit"],

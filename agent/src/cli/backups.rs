@@ -46,22 +46,9 @@ pub async fn list(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let dests: Vec<_> = cfg
-        .destinations
-        .iter()
-        .filter(|d| destination.is_none_or(|n| n == d.name))
-        .collect();
-    if dests.is_empty() {
-        eprintln!(
-            "cloudnx-agent: no destination {:?} in [[destinations]] ({:?})",
-            destination.unwrap_or(""),
-            cfg.destinations
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-        );
+    let Some(dests) = chosen(&cfg, destination) else {
         return super::EXIT_USAGE;
-    }
+    };
     let mut all = Vec::new();
     let mut failed = false;
     for d in dests {
@@ -103,6 +90,31 @@ pub async fn list(
     } else {
         EXIT_OK
     }
+}
+
+/// The destinations `--destination` names (all by default); None, said on
+/// stderr, when it names none.
+pub(super) fn chosen<'a>(
+    cfg: &'a crate::config::Config,
+    destination: Option<&str>,
+) -> Option<Vec<&'a crate::config::Destination>> {
+    let dests: Vec<_> = cfg
+        .destinations
+        .iter()
+        .filter(|d| destination.is_none_or(|n| n == d.name))
+        .collect();
+    if dests.is_empty() {
+        eprintln!(
+            "cloudnx-agent: no destination {:?} in [[destinations]] ({:?})",
+            destination.unwrap_or(""),
+            cfg.destinations
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+        );
+        return None;
+    }
+    Some(dests)
 }
 
 /// The complete backups of one destination.

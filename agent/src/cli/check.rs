@@ -24,6 +24,9 @@ pub fn check_config(flag: Option<PathBuf>) -> u8 {
         cfg.state_dir.display(),
         cfg.textfile_dir.join(crate::metrics::FILE_NAME).display()
     );
+    for n in &cfg.notices {
+        println!("note: {n}");
+    }
     let now = chrono::Utc::now();
     for k in JobKind::ALL {
         match k.schedule(&cfg) {

@@ -11,6 +11,7 @@ pub mod hold;
 pub mod job;
 pub mod progress;
 pub mod status;
+pub mod vm_backups;
 
 use crate::config::{self, Config};
 use std::path::PathBuf;

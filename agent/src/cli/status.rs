@@ -80,7 +80,7 @@ pub fn gather(cfg: &Config) -> Value {
             .and_then(|s| s.next_after(chrono::Utc::now(), cfg.timezone))
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         let status = one(Family::JobLastStatus, k);
-        if status == Some(0.0) && k != JobKind::Restore && k.configured(cfg) {
+        if status == Some(0.0) && k.startable_by_api() && k.configured(cfg) {
             problems.push(format!("the last {k} run failed (see `journalctl -u cloudnx-agent`, or run `cloudnx-agent {k}`)"));
         }
         jobs.insert(
@@ -107,6 +107,20 @@ pub fn gather(cfg: &Config) -> Value {
             ));
         }
         backups.push(json!({"database": db, "destination": dest, "last_success": rfc3339(t), "age_seconds": age.round(), "ok": ok}));
+    }
+
+    let mut vm_backups = Vec::new();
+    for (labels, t) in store.series(Family::VmBackupLastSuccess) {
+        let (vmid, dest) = (labels["vmid"].clone(), labels["destination"].clone());
+        let age = now - t;
+        let ok = age <= DAILY_MAX_AGE;
+        if !ok {
+            problems.push(format!(
+                "the newest VM backup of guest {vmid} on {dest} is {} old (alert at 26 h)",
+                human_age(age)
+            ));
+        }
+        vm_backups.push(json!({"vmid": vmid, "destination": dest, "last_success": rfc3339(t), "age_seconds": age.round(), "ok": ok}));
     }
 
     let drill_ok = store.read(Family::DrillLastSuccess, &[]);
@@ -185,6 +199,7 @@ pub fn gather(cfg: &Config) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "jobs": jobs,
         "backups": backups,
+        "vm_backups": vm_backups,
         "restore_drill": drill,
         "snapshots": snapshots,
         "luks": luks,

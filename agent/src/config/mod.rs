@@ -22,10 +22,12 @@ mod luks;
 mod policy;
 mod posture;
 mod problem;
+mod proxmox;
 mod schema;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod vm_backup;
 
 pub use audit::AuditConfig;
 pub use backup::BackupConfig;
@@ -36,7 +38,9 @@ pub use luks::{LuksConfig, LuksPolicy, LuksVolume};
 pub use policy::PolicyConfig;
 pub use posture::{OriginPattern, PostureConfig, ReleaseField};
 pub use problem::{Problem, Problems, Source};
+pub use proxmox::ProxmoxConfig;
 pub use snapshots::SnapshotConfig;
+pub use vm_backup::VmBackupConfig;
 
 use common::Owners;
 use problem::Check;
@@ -79,6 +83,13 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[policy]` (defaults when absent: TLS 1.3 floor, no allow-lists).
     pub policy: PolicyConfig,
+
+    /// `[proxmox]`; None = not written (`[snapshots]` may still hold the keys).
+    pub proxmox: Option<ProxmoxConfig>,
+    /// `[vm_backup]`; None = off.
+    pub vm_backup: Option<VmBackupConfig>,
+    /// Things that work but should change (deprecated places of keys), for `check-config`.
+    pub notices: Vec<String>,
     /// The files this was loaded from, in merge order.
     pub files: Vec<PathBuf>,
 }
@@ -113,6 +124,9 @@ fragment! {
         control_plane: control_plane::RawControlPlane,
         audit: audit::RawAudit,
         policy: policy::RawPolicy,
+
+        proxmox: proxmox::RawProxmox,
+        vm_backup: vm_backup::RawVmBackup,
     }
     arrays { destinations: destinations::RawDestination as "destinations", }
 }
@@ -299,9 +313,15 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
     let restore_drill = raw
         .restore_drill
         .and_then(|mut d| DrillConfig::build(&mut d, "restore_drill", &ctx, problems));
+    let proxmox = proxmox::build(raw.proxmox, &ctx, problems);
+    let mut notices = Vec::new();
     let snapshots = raw
         .snapshots
-        .and_then(|s| snapshots::build(s, &ctx, problems));
+        .and_then(|s| snapshots::build(s, &ctx, proxmox.as_ref(), &mut notices, problems));
+    let vm_backup = raw.vm_backup.and_then(|v| {
+        let keys = backup.as_ref().map(|b| b.encrypt_to.as_slice());
+        vm_backup::build(v, &ctx, proxmox.clone(), keys, problems)
+    });
     let luks = raw.luks.and_then(|l| luks::build(l, &ctx, problems));
     let posture = raw
         .posture
@@ -323,18 +343,25 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
 
     let known = |n: &str| destinations.iter().any(|d| d.name == n);
     let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
-    if let Some(b) = &backup {
-        if b.destinations.is_empty() {
+    let sections = [
+        ("backup", backup.as_ref().map(|b| &b.destinations)),
+        ("vm_backup", vm_backup.as_ref().map(|v| &v.destinations)),
+    ];
+    for (section, list) in sections {
+        let Some(list) = list else { continue };
+        if list.is_empty() {
             problems.push(
-                Problem::general("[backup] destinations is empty: a backup must go somewhere")
-                    .hint(format!("list one or more of: {names:?}")),
+                Problem::general(format!(
+                    "[{section}] destinations is empty: a backup must go somewhere"
+                ))
+                .hint(format!("list one or more of: {names:?}")),
             );
         }
-        for n in &b.destinations {
+        for n in list {
             if !known(n) {
                 problems.push(
                     Problem::general(format!(
-                        "[backup] destinations names {n:?}, which no [[destinations]] defines"
+                        "[{section}] destinations names {n:?}, which no [[destinations]] defines"
                     ))
                     .hint(format!("defined destinations: {names:?}")),
                 );
@@ -366,6 +393,10 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
         control_plane,
         audit,
         policy,
+
+        proxmox,
+        vm_backup,
+        notices,
         files,
     })
 }

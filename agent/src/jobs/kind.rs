@@ -21,17 +21,23 @@ pub enum JobKind {
     Posture,
     /// Get one backup back on command (CLI only, never scheduled).
     Restore,
+    /// vzdump archives of this node's guests to every destination (SPEC §12).
+    VmBackup,
+    /// Get one VM backup back into Proxmox as a new guest (CLI only).
+    VmRestore,
 }
 
 impl JobKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::Backup,
         JobKind::RestoreDrill,
         JobKind::Snapshot,
         JobKind::LuksCheck,
         JobKind::Posture,
         JobKind::Restore,
+        JobKind::VmBackup,
+        JobKind::VmRestore,
     ];
 
     /// The name used in the CLI, the API, metrics and locks.
@@ -43,6 +49,8 @@ impl JobKind {
             JobKind::LuksCheck => "luks-check",
             JobKind::Posture => "posture",
             JobKind::Restore => "restore",
+            JobKind::VmBackup => "vm-backup",
+            JobKind::VmRestore => "vm-restore",
         }
     }
 
@@ -60,6 +68,7 @@ impl JobKind {
             JobKind::LuksCheck => "luks",
             JobKind::Posture => "posture",
             JobKind::Restore => "destinations",
+            JobKind::VmBackup | JobKind::VmRestore => "vm_backup",
         }
     }
 
@@ -72,7 +81,8 @@ impl JobKind {
             JobKind::Snapshot => cfg.snapshots.as_ref().map(|s| &s.schedule),
             JobKind::LuksCheck => cfg.luks.as_ref().map(|s| &s.schedule),
             JobKind::Posture => cfg.posture.as_ref().map(|s| &s.schedule),
-            JobKind::Restore => None,
+            JobKind::VmBackup => cfg.vm_backup.as_ref().map(|s| &s.schedule),
+            JobKind::Restore | JobKind::VmRestore => None,
         }
     }
 
@@ -80,6 +90,7 @@ impl JobKind {
     pub fn configured(self, cfg: &Config) -> bool {
         match self {
             JobKind::Restore => !cfg.destinations.is_empty(),
+            JobKind::VmRestore => cfg.vm_backup.is_some(),
             k => k.schedule(cfg).is_some(),
         }
     }
@@ -87,7 +98,7 @@ impl JobKind {
     /// Whether the control plane may start it. A restore writes into a live
     /// database or a file on this host: only someone on the host decides that.
     pub fn startable_by_api(self) -> bool {
-        !matches!(self, JobKind::Restore)
+        !matches!(self, JobKind::Restore | JobKind::VmRestore)
     }
 
     /// How loudly a failure of this kind is reported: a failed drill pages.
@@ -127,6 +138,31 @@ pub struct JobParams {
     /// Restore: what to get back and where to (CLI only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreParams>,
+    /// VM backup: only these guests (default: as configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vmids: Vec<u32>,
+    /// VM restore: what to get back and as which guest (CLI only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_restore: Option<VmRestoreParams>,
+}
+
+/// What `cloudnx-agent vm-restore` was asked (SPEC §12). Audited as given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmRestoreParams {
+    /// The guest whose backup to restore.
+    pub vmid: u32,
+    /// A stamp; None = the newest complete backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// The new guest's id (default: `vmid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_vmid: Option<u32>,
+    /// The Proxmox storage for the new guest's disks.
+    pub storage: String,
+    /// The OpenPGP secret key (default: `[restore_drill] decryption_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// What `cloudnx-agent restore` was asked (SPEC §9). No secret ever goes in

@@ -17,6 +17,8 @@ pub mod posture;
 pub mod restore;
 pub mod retrieve;
 pub mod snapshot;
+pub mod vm_backup;
+pub mod vm_restore;
 pub mod workdir;
 
 pub use context::{JobContext, Outcome};
@@ -31,5 +33,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         JobKind::LuksCheck => luks::run(ctx).await,
         JobKind::Posture => posture::run(ctx).await,
         JobKind::Restore => restore::run(ctx).await,
+        JobKind::VmBackup => vm_backup::run(ctx).await,
+        JobKind::VmRestore => vm_restore::run(ctx).await,
     }
 }

@@ -9,6 +9,7 @@
 //! snapshot or delete is `jobs::snapshot`'s business.
 
 pub mod upid;
+pub mod vzdump;
 
 pub use upid::Upid;
 
@@ -229,6 +230,14 @@ impl PveError {
             PveError::Transport { .. } => true,
             PveError::Api { status, .. } => *status >= 500,
             _ => false,
+        }
+    }
+
+    /// The error followed by [`PveError::hint`], when there is one.
+    pub fn explain(&self, token_id: &str, secret_file: &Path) -> String {
+        match self.hint(token_id, secret_file) {
+            Some(h) => format!("{self} — {h}"),
+            None => self.to_string(),
         }
     }
 

@@ -169,6 +169,16 @@ impl PveSim {
             self.ca.display()
         )
     }
+
+    /// A `[proxmox]` section pointing at this simulator (node `pve1`).
+    pub fn proxmox_section(&self, secret_file: &Path) -> String {
+        format!(
+            "[proxmox]\napi_url = \"{}\"\napi_token_id = \"{TOKEN_ID}\"\napi_token_secret_file = \"{}\"\nca_file = \"{}\"\nnode = \"pve1\"\n\n",
+            self.url,
+            secret_file.display(),
+            self.ca.display()
+        )
+    }
 }
 
 impl Drop for PveSim {

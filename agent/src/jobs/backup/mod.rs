@@ -19,7 +19,7 @@ use crate::crypto::Recipients;
 use crate::jobs::context::{JobContext, Outcome};
 use crate::metrics::{Family, MetricsUpdate};
 use crate::pg::{self, ConnInfo, ServerVersion};
-use crate::store::{Cause, Deleted, Destination, Reservation, StoreResult};
+use crate::store::{Cause, Deleted, Destination, Reservation};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -29,7 +29,6 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// The result of one database on one destination.
 struct DestResult {
@@ -58,29 +57,9 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         .as_ref()
         .context("the [backup] section is absent")?;
     let conn = ConnInfo::parse(&cfg.connection).context("[backup] connection")?;
-    let recipients = Arc::new(
-        tokio::task::spawn_blocking({
-            let keys = cfg.encrypt_to.clone();
-            move || Recipients::load(&keys)
-        })
-        .await??,
-    );
-    let mut dests: Vec<Arc<dyn Destination>> = Vec::new();
-    for name in &cfg.destinations {
-        let d = ctx
-            .config
-            .destination(name)
-            .with_context(|| format!("destination {name:?} is not defined"))?;
-        let store = d
-            .open(cfg.max_in_flight_parts as usize, &ctx.cancel)
-            .with_context(|| format!("opening destination {name}"))?;
-        dests.push(store);
-    }
-    let prefixes: BTreeMap<String, String> = cfg
-        .destinations
-        .iter()
-        .filter_map(|n| Some((n.clone(), ctx.config.destination(n)?.prefix.clone())))
-        .collect();
+    let recipients = load_recipients(&cfg.encrypt_to).await?;
+    let (dests, prefixes) =
+        open_destinations(ctx, &cfg.destinations, cfg.max_in_flight_parts as usize)?;
 
     let admin = conn.connect(None).await?;
     let version = pg::server_version(&admin).await?;
@@ -353,6 +332,39 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     };
     outcome.metrics = metrics;
     Ok(outcome)
+}
+
+/// The public keys every backup is encrypted to (read off the async runtime).
+pub async fn load_recipients(keys: &[std::path::PathBuf]) -> anyhow::Result<Arc<Recipients>> {
+    let keys = keys.to_vec();
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || Recipients::load(&keys)).await??,
+    ))
+}
+
+/// Destination name → its key prefix.
+pub type Prefixes = BTreeMap<String, String>;
+
+/// The named destinations, opened for this job, and their prefixes by name.
+pub fn open_destinations(
+    ctx: &JobContext,
+    names: &[String],
+    in_flight: usize,
+) -> anyhow::Result<(Vec<Arc<dyn Destination>>, Prefixes)> {
+    let mut dests = Vec::new();
+    let mut prefixes = BTreeMap::new();
+    for name in names {
+        let d = ctx
+            .config
+            .destination(name)
+            .with_context(|| format!("destination {name:?} is not defined"))?;
+        dests.push(
+            d.open(in_flight, &ctx.cancel)
+                .with_context(|| format!("opening destination {name}"))?,
+        );
+        prefixes.insert(name.clone(), d.prefix.clone());
+    }
+    Ok((dests, prefixes))
 }
 
 /// When each recipient key was made and when it expires (SPEC §10), written
@@ -635,29 +647,24 @@ impl Env<'_> {
             .await
         };
 
-        // One channel per destination; a part is shared (not copied) between them.
-        let mut senders = Vec::new();
-        let mut uploads = Vec::new();
-        for (d, res) in self.dests.iter().zip(&r.dests) {
-            let (tx, rx) = mpsc::channel(1);
-            senders.push(tx);
-            let key = res.key.clone();
-            let d = d.clone();
-            uploads.push(async move { d.upload(&key, rx).await });
-        }
+        let targets: Vec<(Arc<dyn Destination>, String)> = self
+            .dests
+            .iter()
+            .zip(&r.dests)
+            .map(|(d, res)| (d.clone(), res.key.clone()))
+            .collect();
         let base = u64::from(self.cfg.part_size_mib) << 20;
         let what = format!("database {db}");
-        let (streamed, uploaded, facts) = tokio::join!(
-            stream::run(
-                cmd,
+        let (fanned, facts) = tokio::join!(
+            stream::fan_out(
+                stream::Source::Program(cmd),
                 &what,
                 self.recipients.clone(),
-                senders,
+                &targets,
                 base,
                 &self.ctx.cancel,
                 &self.ctx.progress,
             ),
-            futures_util::future::join_all(uploads),
             facts
         );
         if let Some(s) = snapshot {
@@ -665,20 +672,12 @@ impl Env<'_> {
                 tracing::warn!(database = %db, "{e:#}");
             }
         }
-        let uploaded: Vec<StoreResult<u64>> = uploaded;
-        if streamed.is_err() {
-            // The stream sees only closed channels ("every destination
-            // failed"); each destination's own failure says why (EROFS and
-            // the path, the server's refusal). Uploads that merely saw the
-            // stream end or the job cancelled add nothing.
-            for (res, up) in r.dests.iter_mut().zip(&uploaded) {
-                if let Err(e) = up {
-                    if !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) {
-                        res.error = Some(e.to_string());
-                    }
-                }
+        for (res, e) in r.dests.iter_mut().zip(fanned.upload_errors()) {
+            if e.is_some() {
+                res.error = e;
             }
         }
+        let stream::FannedOut { streamed, uploaded } = fanned;
         let facts = facts.with_context(|| {
             format!("taking the schema fingerprint and row counts of {db} in the dump's snapshot; no manifest written")
         });

@@ -1,4 +1,5 @@
-//! One dump, streamed once: a dump program's stdout → SHA-256 of the plaintext
+//! One dump, streamed once: a dump program's stdout (or a file: a vzdump
+//! archive, [`Source`]) → SHA-256 of the plaintext
 //! → OpenPGP encryption → SHA-256 of the ciphertext → parts → every
 //! destination's upload at once. Memory is bounded by the part size times the
 //! parts queued per destination; nothing touches disk here.
@@ -10,7 +11,7 @@
 
 use crate::crypto::Recipients;
 use crate::progress::Progress;
-use crate::store::Feed;
+use crate::store::{Cause, Destination, Feed, StoreResult};
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -153,10 +154,188 @@ impl Write for PartWriter {
     }
 }
 
-/// Run `cmd`, encrypt its stdout to `recipients`, and feed every sender.
+/// What is streamed: a dump program's stdout, or a file already written
+/// (a vzdump archive). One pipeline, two sources.
+pub enum Source {
+    /// Run this program and stream its stdout; it must exit 0.
+    Program(Command),
+    /// Stream this open file to its end.
+    File(std::fs::File),
+}
+
+/// A reader that fails once the job is cancelled (a file has no process to kill).
+struct CancelReader<R> {
+    inner: R,
+    cancel: CancellationToken,
+}
+
+impl<R: Read> Read for CancelReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn part_writer(senders: Vec<mpsc::Sender<Feed>>, base_part: u64) -> PartWriter {
+    PartWriter {
+        senders: senders.into_iter().map(Some).collect(),
+        buf: BytesMut::with_capacity(usize::try_from(base_part).unwrap_or(8 << 20)),
+        shipped: Vec::new(),
+        base: base_part,
+        part: 0,
+        hash: Sha256::new(),
+        n: 0,
+    }
+}
+
+type Encrypted<R> = (anyhow::Result<()>, HashingReader<R>, PartWriter);
+
+/// Encrypt everything `inner` yields into parts for the senders, on a blocking thread.
+async fn encrypt<R: Read + Send + 'static>(
+    inner: R,
+    recipients: Arc<Recipients>,
+    writer: PartWriter,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Encrypted<R>> {
+    let progress = progress.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = HashingReader {
+            inner,
+            hash: Sha256::new(),
+            n: 0,
+            progress,
+        };
+        let mut w = writer;
+        let r = recipients.encrypt(&mut reader, &mut w).and_then(|()| {
+            if w.buf.is_empty() {
+                Ok(())
+            } else {
+                w.ship()
+                    .context("handing the last part to the destinations")
+            }
+        });
+        (r, reader, w)
+    })
+    .await
+    .context("the encryption thread panicked")
+}
+
+/// Every live sender gets `Feed::End`; what was streamed.
+async fn finish<R>(reader: HashingReader<R>, writer: PartWriter) -> Streamed {
+    let PartWriter {
+        senders, hash, n, ..
+    } = writer;
+    for tx in senders.into_iter().flatten() {
+        // A destination that failed at the very end shows that in its own result.
+        let _ = tx.send(Feed::End).await;
+    }
+    Streamed {
+        plaintext_size: reader.n,
+        plaintext_sha256: hex::encode(reader.hash.finalize()),
+        size: n,
+        sha256: hex::encode(hash.finalize()),
+    }
+}
+
+fn cancelled(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: cancelled (the agent is shutting down); the partial upload was discarded"
+    )
+}
+
+/// What [`fan_out`] did: the stream, and each destination's upload (its size).
+pub struct FannedOut {
+    /// The stream's result.
+    pub streamed: anyhow::Result<Streamed>,
+    /// Each upload's result, in the order of the targets.
+    pub uploaded: Vec<StoreResult<u64>>,
+}
+
+impl FannedOut {
+    /// Why each destination failed, when the stream failed: the stream sees
+    /// only closed channels ("every destination failed"), so each
+    /// destination's own failure says why (EROFS and the path, the server's
+    /// refusal). Uploads that merely saw the stream end or the job
+    /// cancelled add nothing.
+    pub fn upload_errors(&self) -> Vec<Option<String>> {
+        self.uploaded
+            .iter()
+            .map(|up| match up {
+                Err(e)
+                    if self.streamed.is_err()
+                        && !matches!(e.cause(), Cause::Incomplete | Cause::Cancelled) =>
+                {
+                    Some(e.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The one pipeline for every source: stream `source` encrypted to
+/// `recipients` into an upload to `key` on each destination at once (one
+/// channel per destination; a part is shared, not copied).
+#[allow(clippy::too_many_arguments)]
+pub async fn fan_out(
+    source: Source,
+    what: &str,
+    recipients: Arc<Recipients>,
+    targets: &[(Arc<dyn Destination>, String)],
+    base_part: u64,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> FannedOut {
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for (d, key) in targets {
+        let (tx, rx) = mpsc::channel(1);
+        senders.push(tx);
+        uploads.push(async move { d.upload(key, rx).await });
+    }
+    let (streamed, uploaded) = tokio::join!(
+        run(source, what, recipients, senders, base_part, cancel, progress),
+        futures_util::future::join_all(uploads)
+    );
+    FannedOut { streamed, uploaded }
+}
+
+/// Stream `source`, encrypted to `recipients`, to every sender.
 /// On success every live sender got `Feed::End`; on failure none did (the
 /// uploads see their channel close and discard what they have).
 pub async fn run(
+    source: Source,
+    what: &str,
+    recipients: Arc<Recipients>,
+    senders: Vec<mpsc::Sender<Feed>>,
+    base_part: u64,
+    cancel: &CancellationToken,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Streamed> {
+    match source {
+        Source::Program(cmd) => {
+            run_program(cmd, what, recipients, senders, base_part, cancel, progress).await
+        }
+        Source::File(file) => {
+            let inner = CancelReader {
+                inner: file,
+                cancel: cancel.clone(),
+            };
+            let writer = part_writer(senders, base_part);
+            let (r, reader, writer) = encrypt(inner, recipients, writer, progress).await?;
+            if cancel.is_cancelled() {
+                return Err(cancelled(what));
+            }
+            r.with_context(|| format!("streaming {what}"))?;
+            Ok(finish(reader, writer).await)
+        }
+    }
+}
+
+/// [`run`] for a program: run `cmd`, encrypt its stdout.
+async fn run_program(
     mut cmd: Command,
     what: &str,
     recipients: Arc<Recipients>,
@@ -204,37 +383,8 @@ pub async fn run(
         })
     };
 
-    let writer = PartWriter {
-        senders: senders.into_iter().map(Some).collect(),
-        buf: BytesMut::with_capacity(usize::try_from(base_part).unwrap_or(8 << 20)),
-        shipped: Vec::new(),
-        base: base_part,
-        part: 0,
-        hash: Sha256::new(),
-        n: 0,
-    };
-    let progress = progress.clone();
-    let encrypted = tokio::task::spawn_blocking(move || {
-        let mut reader = HashingReader {
-            inner: stdout,
-            hash: Sha256::new(),
-            n: 0,
-            progress,
-        };
-        let mut w = writer;
-        let r = recipients.encrypt(&mut reader, &mut w).and_then(|()| {
-            if w.buf.is_empty() {
-                Ok(())
-            } else {
-                w.ship()
-                    .context("handing the last part to the destinations")
-            }
-        });
-        (r, reader, w)
-    })
-    .await
-    .context("the encryption thread panicked")?;
-    let (enc_result, reader, writer) = encrypted;
+    let writer = part_writer(senders, base_part);
+    let (enc_result, reader, writer) = encrypt(stdout, recipients, writer, progress).await?;
     if enc_result.is_err() {
         // Nobody reads the pipe any more: make sure the dump does not block forever.
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -247,7 +397,7 @@ pub async fn run(
     let stderr_text = stderr_task.join().unwrap_or_default();
 
     if cancel.is_cancelled() {
-        bail!("{what}: cancelled (the agent is shutting down); the partial upload was discarded");
+        return Err(cancelled(what));
     }
     // A failed encryption (every destination failed) killed the dump above:
     // its status would only say SIGKILL.
@@ -261,19 +411,7 @@ pub async fn run(
         bail!("{program} for {what} failed ({status}): {why}");
     }
 
-    let PartWriter {
-        senders, hash, n, ..
-    } = writer;
-    for tx in senders.into_iter().flatten() {
-        // A destination that failed at the very end shows that in its own result.
-        let _ = tx.send(Feed::End).await;
-    }
-    Ok(Streamed {
-        plaintext_size: reader.n,
-        plaintext_sha256: hex::encode(reader.hash.finalize()),
-        size: n,
-        sha256: hex::encode(hash.finalize()),
-    })
+    Ok(finish(reader, writer).await)
 }
 
 #[cfg(test)]

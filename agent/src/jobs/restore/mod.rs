@@ -183,7 +183,7 @@ fn destination_name(cfg: &Config, flag: Option<&str>) -> anyhow::Result<String> 
 }
 
 /// `--key`, else `[restore_drill] decryption_key`; refused when others can read it.
-fn secret_key(cfg: &Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn secret_key(cfg: &Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     let key = match (flag, &cfg.restore_drill) {
         (Some(k), _) => k.to_owned(),
         (None, Some(d)) => d.decryption_key.clone(),

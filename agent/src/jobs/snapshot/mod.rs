@@ -106,11 +106,7 @@ impl GuestReport {
     }
 
     fn label(&self) -> String {
-        let noun = self.guest_type.map_or("guest", GuestType::noun);
-        match &self.name {
-            Some(n) => format!("{noun} {} ({n})", self.vmid),
-            None => format!("{noun} {}", self.vmid),
-        }
+        plan::guest_label(self.guest_type, self.vmid, self.name.as_deref())
     }
 
     fn fail(&mut self, msg: String) {
@@ -134,10 +130,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn explain(&self, e: &PveError) -> String {
-        match e.hint(&self.cfg.api_token_id, &self.cfg.api_token_secret_file) {
-            Some(h) => format!("{e} — {h}"),
-            None => e.to_string(),
-        }
+        e.explain(
+            &self.cfg.proxmox.api_token_id,
+            &self.cfg.proxmox.api_token_secret_file,
+        )
     }
 
     async fn log_tail(&self, upid: &Upid) -> Vec<String> {
@@ -150,7 +146,7 @@ impl Run<'_> {
     /// Create (retrying locks inside the window), then prune.
     async fn guest(&self, t: Target) -> GuestReport {
         let mut r = GuestReport::new(&t);
-        let node = &self.cfg.node;
+        let node = &self.cfg.proxmox.node;
         let mut attempt = 0u32;
         loop {
             let permit = match self.slots.acquire().await {
@@ -235,8 +231,7 @@ impl Run<'_> {
                 }
                 TaskVerdict::Locked(lock) => {
                     drop(permit);
-                    let wait = plan::lock_backoff(attempt - 1);
-                    if Instant::now() + wait <= self.lock_window_ends {
+                    if let Some(wait) = plan::lock_retry(attempt, self.lock_window_ends) {
                         tracing::info!(vmid = t.vmid, lock = %lock, "guest locked; retrying in {} s", wait.as_secs());
                         tokio::select! {
                             () = self.ctx.cancel.cancelled() => {
@@ -304,7 +299,7 @@ impl Run<'_> {
 
     /// Retention for one guest, only after its snapshot was taken.
     async fn prune(&self, t: &Target, r: &mut GuestReport) {
-        let node = &self.cfg.node;
+        let node = &self.cfg.proxmox.node;
         let list = match self.client.snapshots(node, t.guest_type, t.vmid).await {
             Ok(l) => l,
             Err(e) => {
@@ -412,10 +407,10 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
     };
     let started = chrono::Utc::now();
     let client = match PveClient::new(
-        &cfg.api_url,
-        &cfg.api_token_id,
-        &cfg.api_token_secret_file,
-        &cfg.ca_file,
+        &cfg.proxmox.api_url,
+        &cfg.proxmox.api_token_id,
+        &cfg.proxmox.api_token_secret_file,
+        &cfg.proxmox.ca_file,
         Duration::from_secs(60),
         ctx.config.policy.min_tls_version,
     ) {
@@ -427,36 +422,41 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
             ))
         }
     };
-    let hint = |e: &PveError| match e.hint(&cfg.api_token_id, &cfg.api_token_secret_file) {
-        Some(h) => format!("{e} — {h}"),
-        None => e.to_string(),
+    let hint = |e: &PveError| {
+        e.explain(
+            &cfg.proxmox.api_token_id,
+            &cfg.proxmox.api_token_secret_file,
+        )
     };
     let nodes = match client.nodes().await {
         Ok(n) => n,
         Err(e) => {
             return Ok(setup_failure(
-                &format!("listing the cluster nodes at {}", cfg.api_url),
+                &format!("listing the cluster nodes at {}", cfg.proxmox.api_url),
                 hint(&e),
             ))
         }
     };
-    if !nodes.iter().any(|n| n.node == cfg.node) {
+    if !nodes.iter().any(|n| n.node == cfg.proxmox.node) {
         let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
         return Ok(setup_failure(
             "finding this node in the cluster",
-            format!("node {:?} is not one of {names:?}: set [snapshots] node to this host's Proxmox node name", cfg.node),
+            format!("node {:?} is not one of {names:?}: set [snapshots] node to this host's Proxmox node name", cfg.proxmox.node),
         ));
     }
     let guests: Vec<ClusterGuest> = match client.cluster_guests().await {
         Ok(g) => g,
         Err(e) => {
             return Ok(setup_failure(
-                &format!("listing guests at {}/cluster/resources", cfg.api_url),
+                &format!(
+                    "listing guests at {}/cluster/resources",
+                    cfg.proxmox.api_url
+                ),
                 hint(&e),
             ))
         }
     };
-    let sel = plan::select(&guests, &cfg.node, &cfg.include, &cfg.exclude);
+    let sel = plan::select(&guests, &cfg.proxmox.node, &cfg.include, &cfg.exclude);
     let snapname = plan::snapshot_name(&cfg.name_prefix, started);
     if !plan::valid_snapshot_name(&snapname) {
         return Ok(setup_failure(
@@ -486,7 +486,7 @@ pub async fn run(ctx: &JobContext) -> anyhow::Result<Outcome> {
         r.guest_type = None;
         r.fail(format!(
             "guest {vmid} is in [snapshots] include but {} does not show it: grant VM.Audit (and VM.Snapshot) on /vms/{vmid} to the token, or remove it from include",
-            cfg.api_token_id
+            cfg.proxmox.api_token_id
         ));
         reports.push(r);
     }
@@ -573,7 +573,7 @@ fn outcome(
         .collect();
     let summary = format!(
         "{snapname} on {}: {} ok, {} degraded, {} locked, {} unsupported, {} failed{}; {deleted} old snapshot(s) deleted{}{}; {} guest(s) skipped",
-        cfg.node,
+        cfg.proxmox.node,
         count(GuestResult::Ok),
         count(GuestResult::Degraded),
         count(GuestResult::Locked),
@@ -585,7 +585,7 @@ fn outcome(
         skipped.len(),
     );
     let result = json!({
-        "node": cfg.node,
+        "node": cfg.proxmox.node,
         "snapshot": snapname,
         "counts": GuestResult::ALL.iter().map(|r| (r.as_str(), count(*r))).collect::<std::collections::BTreeMap<_, _>>(),
         "deleted": deleted,

@@ -242,6 +242,22 @@ pub fn lock_backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
 }
 
+/// The wait before retry `attempt` (1-based count of attempts so far) of a
+/// locked guest, or None when waiting would end after the run-wide window.
+pub fn lock_retry(attempt: u32, window_ends: std::time::Instant) -> Option<Duration> {
+    let wait = lock_backoff(attempt.saturating_sub(1));
+    (std::time::Instant::now() + wait <= window_ends).then_some(wait)
+}
+
+/// How a guest is named in messages: "VM 101 (web)", "CT 102", "guest 7".
+pub fn guest_label(t: Option<GuestType>, vmid: u32, name: Option<&str>) -> String {
+    let noun = t.map_or("guest", GuestType::noun);
+    match name {
+        Some(n) => format!("{noun} {vmid} ({n})"),
+        None => format!("{noun} {vmid}"),
+    }
+}
+
 /// A guest's result this run (the `result` label of `cloudnx_snapshot_last_result`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -575,5 +591,24 @@ mod tests {
             .map(|r| r.as_str())
             .collect();
         assert_eq!(taken, ["ok", "degraded"]);
+    }
+
+    #[test]
+    fn lock_retry_waits_only_inside_the_window_and_labels_name_the_guest() {
+        let now = std::time::Instant::now();
+        assert_eq!(
+            lock_retry(1, now + Duration::from_secs(60)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            lock_retry(3, now + Duration::from_secs(60)),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(lock_retry(3, now + Duration::from_secs(2)), None);
+        assert_eq!(
+            guest_label(Some(GuestType::Lxc), 7, Some("dns")),
+            "CT 7 (dns)"
+        );
+        assert_eq!(guest_label(None, 7, None), "guest 7");
     }
 }
