@@ -261,9 +261,60 @@ pub fn spawn_checkpointer(runner: Arc<Runner>) -> tokio::task::JoinHandle<()> {
                 }
             }
             seal_pass(&runner).await;
+            // Shipping runs beside the checkpointer: a slow or absent
+            // destination never delays a seal (a pass already running makes
+            // this one return at once).
+            tokio::spawn(ship_pass(runner.clone()));
             first = false;
         }
     })
+}
+
+/// One shipping pass to every `[audit] destinations` entry (SPEC §11), then
+/// `cloudnx_audit_offhost_lag_seconds` per destination. A destination that
+/// fails keeps its progress and is retried at the next tick, in order.
+pub async fn ship_pass(runner: Arc<Runner>) {
+    let cfg = runner.config();
+    if cfg.audit.destinations.is_empty() {
+        return;
+    }
+    let log = runner.audit_log();
+    let token = runner.shutdown_token();
+    let mut u = MetricsUpdate::default();
+    for name in &cfg.audit.destinations {
+        let target = match cfg.audit.target(&cfg.destinations, name, &token) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("audit off-host copy to {name}: {e:#}");
+                continue;
+            }
+        };
+        match crate::audit::offhost::ship(log.files(), &cfg.host_id, &cfg.state_dir, &target).await
+        {
+            Ok(Some(s)) if s.checkpoints > 0 => {
+                tracing::info!(destination = %name, checkpoints = s.checkpoints, seq = s.progress.seq, "audit log shipped off the host");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("audit off-host copy to {name}: {e:#}"),
+        }
+        let (files, state, n) = (log.files().clone(), cfg.state_dir.clone(), name.clone());
+        match tokio::task::spawn_blocking(move || {
+            crate::audit::offhost::standing(&files, &state, &n)
+        })
+        .await
+        {
+            Ok(Ok(s)) => u.set(
+                Family::AuditOffhostLag,
+                &[("destination", name)],
+                crate::audit::offhost::lag_seconds(&s, Utc::now().timestamp()),
+            ),
+            Ok(Err(e)) => tracing::error!("audit off-host lag for {name}: {e:#}"),
+            Err(e) => tracing::error!("audit off-host lag for {name}: {e}"),
+        }
+    }
+    if let Err(e) = runner.metrics().apply_async(u).await {
+        tracing::error!("writing the audit off-host metrics: {e:#}");
+    }
 }
 
 /// One sealing pass: seal, queue the event, publish the metrics. Failures are

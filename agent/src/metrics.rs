@@ -96,6 +96,7 @@ families! {
     OutboxEvents = "cloudnx_report_outbox_events", Gauge, [], "Events waiting in the outbox for the control plane.";
     AuditRecords = "cloudnx_audit_records_total", Counter, [], "Records appended to the audit log.";
     AuditLastCheckpoint = "cloudnx_audit_last_checkpoint_timestamp_seconds", Gauge, [], "When the audit log head was last sealed by a signed checkpoint.";
+    AuditOffhostLag = "cloudnx_audit_offhost_lag_seconds", Gauge, ["destination"], "Age of the newest audit checkpoint confirmed on this destination while newer ones wait to be shipped; 0 when all are off the host.";
     HostUpdatesPending = "cloudnx_host_updates_pending", Gauge, ["origin"], "Installed packages `apt-get upgrade` would upgrade, by origin of the new version (security, other).";
     HostUpdatesHeldBack = "cloudnx_host_updates_held_back", Gauge, ["origin"], "Installed packages with a newer version that `apt-get upgrade` keeps back (it needs new packages or removals, e.g. a new kernel ABI), by origin.";
     HostSecurityOldestPending = "cloudnx_host_security_update_oldest_pending_seconds", Gauge, [], "How long the longest-waiting security update (pending or held back) has been pending, across newer versions of it; 0 when none.";

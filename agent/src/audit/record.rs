@@ -130,6 +130,9 @@ impl Head {
     }
 }
 
+/// The action of a key rotation record (SPEC §11).
+pub const KEY_ROTATED: &str = "audit.key_rotated";
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

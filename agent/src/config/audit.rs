@@ -1,6 +1,7 @@
 //! `[audit]`: the hash-chained audit log and its signed checkpoints.
 
 use super::common::{check_secret, secret_file_problem};
+use super::destinations::{Destination, DestinationKind};
 use super::problem::Check;
 use super::schema::{fragment, Rules};
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ fragment! {
         checkpoint_interval_seconds: u64 = (60),
         /// Rotate the active file once it is larger than this.
         rotate_bytes: u64 = (64 << 20),
+        /// `[[destinations]]` that receive sealed segments, checkpoints and keys (SPEC §11).
+        destinations: Vec<String> = (vec![]),
+        /// Local records older than this go, by whole files, once off the host.
+        retention_days: u32 = (365),
     }
 }
 
@@ -34,6 +39,15 @@ impl Rules for RawAudit {
                     i.span(),
                     "checkpoint_interval_seconds must be at least 1",
                     "60 is the default",
+                );
+            }
+        }
+        if let Some(r) = &self.retention_days {
+            if *r.get_ref() == 0 {
+                c.err(
+                    r.span(),
+                    "retention_days must be at least 1",
+                    "365 is the default (the 1-year promise)",
                 );
             }
         }
@@ -56,5 +70,50 @@ impl AuditConfig {
     /// caller did first (as whichever user; the key it creates is its own).
     pub fn signing_key_problem(&self) -> Option<(String, String)> {
         secret_file_problem(&self.signing_key_file, false, None)
+    }
+}
+
+impl AuditConfig {
+    /// The `[audit] destinations` among `all`, opened for shipping the log
+    /// off the host. An S3 destination that locks (`object_lock_days > 0`:
+    /// its bucket has Object Lock) locks audit objects for at least
+    /// `retention_days`.
+    pub fn targets(
+        &self,
+        all: &[Destination],
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Vec<crate::audit::offhost::Target>> {
+        self.destinations
+            .iter()
+            .map(|n| self.target(all, n, cancel))
+            .collect()
+    }
+
+    /// Destination `name` opened for the audit copy (see [`Self::targets`]).
+    pub fn target(
+        &self,
+        all: &[Destination],
+        name: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<crate::audit::offhost::Target> {
+        let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+        let mut d = all
+            .iter()
+            .find(|d| d.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow::anyhow!("no [[destinations]] entry is named {name:?} (defined: {names:?})")
+            })?;
+        if let DestinationKind::S3(s) = &mut d.kind {
+            if s.object_lock_days > 0 {
+                s.object_lock_days = s.object_lock_days.max(self.retention_days);
+            }
+        }
+        let store = d.open(2, cancel)?;
+        Ok(crate::audit::offhost::Target {
+            name: d.name.clone(),
+            prefix: d.prefix.clone(),
+            store,
+        })
     }
 }
