@@ -315,6 +315,27 @@ pub async fn ship_pass(runner: Arc<Runner>) {
     if let Err(e) = runner.metrics().apply_async(u).await {
         tracing::error!("writing the audit off-host metrics: {e:#}");
     }
+    let (dests, days, state) = (
+        cfg.audit.destinations.clone(),
+        cfg.audit.retention_days,
+        cfg.state_dir.clone(),
+    );
+    let now = Utc::now().timestamp();
+    match tokio::task::spawn_blocking(move || {
+        crate::audit::retention::prune(&log, &state, &dests, days, now)
+    })
+    .await
+    {
+        Ok(Ok(p)) => {
+            for (f, a, b) in &p.removed {
+                tracing::info!(
+                    "audit retention: removed {f} (seq {a}..={b}, confirmed off the host)"
+                );
+            }
+        }
+        Ok(Err(e)) => tracing::error!("audit retention: {e:#}"),
+        Err(e) => tracing::error!("audit retention: {e}"),
+    }
 }
 
 /// One sealing pass: seal, queue the event, publish the metrics. Failures are

@@ -44,6 +44,26 @@ impl LogFiles {
         self.sibling(".keys")
     }
 
+    /// Where local retention records the first file and record it kept.
+    pub fn retained(&self) -> PathBuf {
+        self.sibling(".retained")
+    }
+
+    /// What local retention removed (None: nothing, the chain starts at seq 1).
+    pub fn retained_from(&self) -> anyhow::Result<Option<Retained>> {
+        let p = self.retained();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is damaged ({e}); it names the first rotated file local retention kept",
+                    p.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
     /// Rotated file number `n`.
     pub fn rotated(&self, n: u64) -> PathBuf {
         self.sibling(&format!(".{n}"))
@@ -102,6 +122,15 @@ impl LogFiles {
         }
         Ok(Ok(files))
     }
+}
+
+/// Where the chain starts after local retention removed whole files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retained {
+    /// The first rotated file number kept (smaller ones are gone).
+    pub first_file: u64,
+    /// The seq of its first record.
+    pub first_seq: u64,
 }
 
 /// The rotation numbers among directory entry `names` for log file `base`
@@ -197,9 +226,11 @@ pub fn read_tail(f: &mut std::fs::File) -> std::io::Result<Tail> {
 /// The chain files in order with the seq of each file's first record
 /// (files removed by local retention are simply absent from the front).
 pub fn chain_with_first_seq(files: &LogFiles) -> anyhow::Result<Vec<(PathBuf, u64)>> {
+    let from = files.retained_from()?.map_or(1, |r| r.first_file);
     let mut paths: Vec<PathBuf> = files
         .rotated_numbers()?
         .into_iter()
+        .filter(|n| *n >= from)
         .map(|n| files.rotated(n))
         .collect();
     paths.push(files.active.clone());

@@ -20,6 +20,7 @@ pub mod key;
 pub mod log;
 pub mod offhost;
 pub mod record;
+pub mod retention;
 pub mod verify;
 
 pub use log::{AuditLog, TornTail};

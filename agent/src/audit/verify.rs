@@ -265,8 +265,15 @@ pub fn verify(files: &LogFiles, host_id: &str, keys: &Keys) -> anyhow::Result<Re
     let lock = File::open(files.lock())
         .ok()
         .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).ok());
-    let nums = files.rotated_numbers()?;
-    let gap = first_gap(&nums);
+    let retained = files.retained_from()?;
+    let from = retained.map_or(1, |r| r.first_file);
+    let nums: Vec<u64> = files
+        .rotated_numbers()?
+        .into_iter()
+        .filter(|n| *n >= from)
+        .collect();
+    let shifted: Vec<u64> = nums.iter().map(|n| n - from + 1).collect();
+    let gap = first_gap(&shifted).map(|g| g + from - 1);
     let mut opened = Vec::new();
     for n in nums.iter().take_while(|n| gap.is_none_or(|g| **n < g)) {
         opened.extend(open_upto(&files.rotated(*n))?);
@@ -289,7 +296,15 @@ pub fn verify(files: &LogFiles, host_id: &str, keys: &Keys) -> anyhow::Result<Re
         &mut opened,
         &mut cps,
         gap.map(|g| files.rotated(g)),
+        retained.map(|r| r.first_seq),
     )?;
+    if let Some(r) = retained {
+        report.notes.push(format!(
+            "records before seq {} were removed by local retention (whole files, once off the host; \
+             see the audit.retention records): the chain is verified from seq {}, anchored by the first checkpoint after it",
+            r.first_seq, r.first_seq
+        ));
+    }
     Ok(report)
 }
 
@@ -300,8 +315,12 @@ fn walk(
     opened: &mut [Opened],
     cps: &mut Checkpoints<'_>,
     gap: Option<PathBuf>,
+    start: Option<u64>,
 ) -> anyhow::Result<Option<Problem>> {
-    let mut expected_seq = 1u64;
+    // After local retention the chain starts at `start`: the first kept
+    // record's prev_hash is taken as given, and the first signed checkpoint
+    // at or after it (whose hash covers every line back to it) anchors it.
+    let mut expected_seq = start.unwrap_or(1);
     let mut expected_prev = GENESIS.to_owned();
     let mut pending: Option<Pending> = None;
     // The key chain: the kid in force, and a rotation waiting for its seal.
@@ -311,6 +330,15 @@ fn walk(
         Ok(c) => c,
         Err(p) => return Ok(Some(p)),
     };
+    // Checkpoints of removed records: their signatures were checked; the
+    // newest of them names the key in force.
+    while let Some((_, _, kid)) = next_cp.as_ref().filter(|(_, c, _)| c.seq < expected_seq) {
+        in_force = Some(kid.clone());
+        next_cp = match cps.next(&mut report.notes)? {
+            Ok(c) => c,
+            Err(p) => return Ok(Some(p)),
+        };
+    }
     let mut line = Vec::new();
     let last_file = opened.len().saturating_sub(1);
     for (fi, f) in opened.iter_mut().enumerate() {
@@ -370,6 +398,9 @@ fn walk(
                 }));
             }
             let hash = sha256_hex(&line);
+            if start.is_some_and(|s| s == rec.seq && s > 1) {
+                expected_prev.clone_from(&rec.prev_hash);
+            }
             if let Some(p) = pending.take() {
                 return Ok(Some(if rec.prev_hash == p.hash {
                     blame_previous(p.seq)

@@ -16,7 +16,8 @@ fn load_as_owner(config: Option<PathBuf>) -> Result<crate::config::Config, u8> {
 }
 
 /// `audit ship`: one shipping pass to every `[audit] destinations` entry,
-/// as the daemon's checkpointer does each interval (seal the head first).
+/// as the daemon's checkpointer does each interval (seal the head first),
+/// then local retention.
 pub async fn ship(config: Option<PathBuf>) -> u8 {
     let cfg = match load_as_owner(config) {
         Ok(c) => c,
@@ -60,6 +61,36 @@ pub async fn ship(config: Option<PathBuf>) -> u8 {
                 eprintln!("cloudnx-agent: audit ship to {name}: {e:#}");
                 code = EXIT_FAILED;
             }
+        }
+    }
+    let (dests, days, state) = (
+        cfg.audit.destinations.clone(),
+        cfg.audit.retention_days,
+        cfg.state_dir.clone(),
+    );
+    let now = chrono::Utc::now().timestamp();
+    match tokio::task::spawn_blocking(move || {
+        crate::audit::retention::prune(&log, &state, &dests, days, now)
+    })
+    .await
+    {
+        Ok(Ok(p)) => {
+            for (f, a, b) in &p.removed {
+                println!(
+                    "retention: removed {f} (seq {a}..={b}, off the host, older than {days} days)"
+                );
+            }
+            if let Some(why) = &p.kept_because {
+                println!("retention: kept the rest: {why}");
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("cloudnx-agent: audit retention: {e:#}");
+            code = EXIT_FAILED;
+        }
+        Err(e) => {
+            eprintln!("cloudnx-agent: audit retention: {e}");
+            code = EXIT_FAILED;
         }
     }
     code
