@@ -110,8 +110,9 @@ impl Record {
     }
 }
 
-/// The newest record of the chain: its `seq` and the hash of its line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The newest record of the chain: its `seq` and the hash of its line
+/// (also a backup manifest's `audit_head`, SPEC §11).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Head {
     /// `seq` of the newest record.
     pub seq: u64,
