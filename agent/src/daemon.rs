@@ -343,9 +343,9 @@ pub async fn ship_pass(runner: Arc<Runner>) {
 async fn seal_pass(runner: &Runner) {
     let cfg = runner.config();
     let log = runner.audit_log();
-    let (key, host) = (cfg.audit.signing_key_file.clone(), cfg.host_id.clone());
+    let (key, host) = (cfg.audit.key_source(), cfg.host_id.clone());
     let sealed = match tokio::task::spawn_blocking(move || {
-        crate::audit::checkpoint::seal(&log, &key, &host)
+        crate::audit::checkpoint::seal_from(&log, &key, &host)
     })
     .await
     {

@@ -6,11 +6,12 @@
 //! copy of the head lives off the host.
 
 use super::files::read_tail;
+use super::key::{KeySource, Signer};
 use super::log::{set_aside_torn_tail, AuditLog};
 use super::record::Head;
 use anyhow::Context;
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
@@ -42,12 +43,26 @@ impl Checkpoint {
     /// Seal `head` now.
     pub fn sign(key: &SigningKey, host_id: &str, head: &Head) -> Checkpoint {
         let sig = key.sign(&message(host_id, head.seq, &head.hash));
+        Self::signed(&key.verifying_key(), &sig, head)
+    }
+
+    /// Seal `head` now with `signer` (a file key or a token).
+    pub fn sign_with(
+        signer: &super::key::Signer,
+        host_id: &str,
+        head: &Head,
+    ) -> anyhow::Result<Checkpoint> {
+        let sig = signer.sign(&message(host_id, head.seq, &head.hash))?;
+        Ok(Self::signed(&signer.verifying_key(), &sig, head))
+    }
+
+    fn signed(vk: &VerifyingKey, sig: &Signature, head: &Head) -> Checkpoint {
         Checkpoint {
             seq: head.seq,
             hash: head.hash.clone(),
             ts: crate::util::now_rfc3339(),
             signature: base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
-            kid: Some(super::key::kid(&key.verifying_key())),
+            kid: Some(super::key::kid(vk)),
         }
     }
 
@@ -83,11 +98,18 @@ pub struct Sealed {
 /// log's writer lock, so the head cannot move while it is sealed. Finishes a
 /// key rotation a crash interrupted (see [`rotate_key`]).
 pub fn seal(log: &AuditLog, key_file: &Path, host_id: &str) -> anyhow::Result<Sealed> {
+    seal_from(log, &KeySource::File(key_file.to_owned()), host_id)
+}
+
+/// [`seal`] with the key wherever it lives (a file, or a PKCS#11 token).
+pub fn seal_from(log: &AuditLog, source: &KeySource, host_id: &str) -> anyhow::Result<Sealed> {
     let mut locked = log.lock()?;
     let mut cps = CheckpointFile::open(log, &mut locked)?;
-    let key = super::key::load_or_create(key_file)?;
-    finish_rotation(log, &mut locked, &mut cps, &key, key_file, host_id)?;
-    let key = super::key::load(key_file)?;
+    if let KeySource::File(key_file) = source {
+        let key = Signer::File(super::key::load_or_create(key_file)?);
+        finish_rotation(log, &mut locked, &mut cps, &key, key_file, host_id)?;
+    }
+    let key = source.open()?;
     cps.seal_with(log, &locked, &key, host_id)
 }
 
@@ -140,7 +162,7 @@ impl CheckpointFile {
         &mut self,
         log: &AuditLog,
         locked: &super::log::Locked<'_>,
-        key: &SigningKey,
+        key: &Signer,
         host_id: &str,
     ) -> anyhow::Result<Sealed> {
         let head = locked.head.clone();
@@ -155,7 +177,7 @@ impl CheckpointFile {
             });
         };
         super::key::publish(&log.files().keys_dir(), &key.verifying_key())?;
-        let cp = Checkpoint::sign(key, host_id, h);
+        let cp = Checkpoint::sign_with(key, host_id, h)?;
         append_checkpoint(&mut self.file, &self.path, &cp)?;
         self.last = Some(cp.clone());
         Ok(Sealed {
@@ -197,9 +219,9 @@ pub fn rotate_key(
 ) -> anyhow::Result<Rotated> {
     let mut locked = log.lock()?;
     let mut cps = CheckpointFile::open(log, &mut locked)?;
-    let old = super::key::load_or_create(key_file)?;
+    let old = Signer::File(super::key::load_or_create(key_file)?);
     finish_rotation(log, &mut locked, &mut cps, &old, key_file, host_id)?;
-    let old = super::key::load(key_file)?;
+    let old = Signer::File(super::key::load(key_file)?);
     cps.seal_with(log, &locked, &old, host_id)?;
     let next = next_key_file(key_file);
     let _ = std::fs::remove_file(&next);
@@ -249,7 +271,7 @@ fn finish_rotation(
     log: &AuditLog,
     locked: &mut super::log::Locked<'_>,
     cps: &mut CheckpointFile,
-    old: &SigningKey,
+    old: &Signer,
     key_file: &Path,
     host_id: &str,
 ) -> anyhow::Result<()> {

@@ -9,6 +9,62 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::io::Write;
 use std::path::Path;
 
+/// Where the checkpoint-signing key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An Ed25519 PKCS#8 PEM file, created 0600 on first use.
+    File(std::path::PathBuf),
+    /// An Ed25519 key on a PKCS#11 token (it never leaves the token).
+    Pkcs11 {
+        /// RFC 7512 URI of the key.
+        uri: String,
+        /// The PKCS#11 module (`.so`).
+        module: std::path::PathBuf,
+        /// The secret file holding the user PIN.
+        pin_file: std::path::PathBuf,
+    },
+}
+
+/// A key that signs checkpoints.
+pub enum Signer {
+    /// A key held in memory (from its file).
+    File(SigningKey),
+    /// A key on a token.
+    Token(super::pkcs11::TokenKey),
+}
+
+impl Signer {
+    /// The public half.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        match self {
+            Signer::File(k) => k.verifying_key(),
+            Signer::Token(t) => t.public(),
+        }
+    }
+
+    /// Sign `msg`.
+    pub fn sign(&self, msg: &[u8]) -> anyhow::Result<ed25519_dalek::Signature> {
+        match self {
+            Signer::File(k) => Ok(ed25519_dalek::Signer::sign(k, msg)),
+            Signer::Token(t) => t.sign(msg),
+        }
+    }
+}
+
+impl KeySource {
+    /// Open the key (a file key is created when absent).
+    pub fn open(&self) -> anyhow::Result<Signer> {
+        match self {
+            KeySource::File(p) => load_or_create(p).map(Signer::File),
+            KeySource::Pkcs11 {
+                uri,
+                module,
+                pin_file,
+            } => super::pkcs11::TokenKey::open(module, uri, pin_file).map(Signer::Token),
+        }
+    }
+}
+
 /// Load the key, creating it (0600) when the file does not exist.
 pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
     if !path.exists() {

@@ -19,6 +19,7 @@ pub mod files;
 pub mod key;
 pub mod log;
 pub mod offhost;
+pub mod pkcs11;
 pub mod record;
 pub mod retention;
 pub mod verify;

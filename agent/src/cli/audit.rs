@@ -28,12 +28,10 @@ pub async fn ship(config: Option<PathBuf>) -> u8 {
         return EXIT_USAGE;
     }
     let log = AuditLog::new(&cfg.audit.path, cfg.audit.rotate_bytes);
-    let (l2, k2, h2) = (
-        log.clone(),
-        cfg.audit.signing_key_file.clone(),
-        cfg.host_id.clone(),
-    );
-    match tokio::task::spawn_blocking(move || crate::audit::checkpoint::seal(&l2, &k2, &h2)).await {
+    let (l2, k2, h2) = (log.clone(), cfg.audit.key_source(), cfg.host_id.clone());
+    match tokio::task::spawn_blocking(move || crate::audit::checkpoint::seal_from(&l2, &k2, &h2))
+        .await
+    {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             eprintln!("cloudnx-agent: audit ship: sealing the head: {e:#}");
@@ -270,14 +268,18 @@ fn print_report(r: &verify::Report, log: &AuditLog, took: std::time::Duration) {
     }
 }
 
-/// `audit public-key`: print the checkpoint public key (SPKI PEM), creating
-/// the signing key (0600) if it does not exist yet.
+/// `audit public-key`: print the checkpoint public key (SPKI PEM): read from
+/// the token with `signing_key_pkcs11`, else from the key file (created 0600
+/// if it does not exist yet).
 pub fn public_key(config: Option<PathBuf>) -> u8 {
     let (_, cfg) = match load_or_report(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match key::load_or_create(&cfg.audit.signing_key_file)
+    match cfg
+        .audit
+        .key_source()
+        .open()
         .and_then(|k| key::public_pem(&k.verifying_key()))
     {
         Ok(pem) => {
@@ -298,6 +300,13 @@ pub async fn rotate_key(config: Option<PathBuf>) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if cfg.audit.signing_key_pkcs11.is_some() {
+        eprintln!(
+            "cloudnx-agent: audit rotate-key rotates signing_key_file; the checkpoints are signed on a PKCS#11 token \
+             (signing_key_pkcs11), whose keys are made and retired on the token"
+        );
+        return EXIT_USAGE;
+    }
     let log = AuditLog::new(&cfg.audit.path, cfg.audit.rotate_bytes);
     let actor = format!("cli:{}", crate::util::unix_user());
     let (k, h) = (cfg.audit.signing_key_file.clone(), cfg.host_id.clone());

@@ -27,12 +27,35 @@ fragment! {
         destinations: Vec<String> = (vec![]),
         /// Local records older than this go, by whole files, once off the host.
         retention_days: u32 = (365),
+        /// Sign checkpoints with this Ed25519 key on a PKCS#11 token (RFC 7512 URI) instead of `signing_key_file`.
+        signing_key_pkcs11: String = optional,
+        /// The PKCS#11 module (`.so`) for `signing_key_pkcs11`.
+        pkcs11_module: PathBuf = optional,
+        /// Secret file (0600) holding the token's user PIN.
+        pkcs11_pin_file: PathBuf = optional,
     }
 }
 
 impl Rules for RawAudit {
     fn rules(&self, c: &mut Check) {
         check_secret(c, "signing_key_file", &self.signing_key_file, true);
+        check_secret(c, "pkcs11_pin_file", &self.pkcs11_pin_file, false);
+        if let Some(u) = &self.signing_key_pkcs11 {
+            if let Err(e) = crate::audit::pkcs11::parse_uri(u.get_ref()) {
+                c.err(
+                    u.span(),
+                    format!("signing_key_pkcs11: {e}"),
+                    "e.g. \"pkcs11:token=cloudnx;object=audit\"",
+                );
+            }
+            if self.pkcs11_module.is_none() || self.pkcs11_pin_file.is_none() {
+                c.err(
+                    u.span(),
+                    "signing_key_pkcs11 needs pkcs11_module and pkcs11_pin_file",
+                    "e.g. pkcs11_module = \"/usr/lib/softhsm/libsofthsm2.so\", pkcs11_pin_file = \"/etc/cloudnx-agent/secrets/hsm.pin\" (mode 0600)",
+                );
+            }
+        }
         if let Some(i) = &self.checkpoint_interval_seconds {
             if *i.get_ref() == 0 {
                 c.err(
@@ -64,6 +87,23 @@ impl Rules for RawAudit {
 }
 
 impl AuditConfig {
+    /// Where the checkpoint-signing key lives: the token when
+    /// `signing_key_pkcs11` is set, else `signing_key_file`.
+    pub fn key_source(&self) -> crate::audit::key::KeySource {
+        match (
+            &self.signing_key_pkcs11,
+            &self.pkcs11_module,
+            &self.pkcs11_pin_file,
+        ) {
+            (Some(uri), Some(module), Some(pin_file)) => crate::audit::key::KeySource::Pkcs11 {
+                uri: uri.clone(),
+                module: module.clone(),
+                pin_file: pin_file.clone(),
+            },
+            _ => crate::audit::key::KeySource::File(self.signing_key_file.clone()),
+        }
+    }
+
     /// Why `signing_key_file` is unusable as a secret (absent, group/other
     /// access, not a file), if it is: (message, how to fix). Never reads it.
     /// Its owner was checked when the configuration was loaded, which every
