@@ -124,30 +124,7 @@ fn checkpoints_carry_the_kid_and_the_signed_bytes_are_unchanged() {
     let kid = &cloudnx_agent::audit::sha256_hex(&der.stdout)[..16];
     assert_eq!(cp.kid.as_deref(), Some(kid));
     // The §7 bytes verify with openssl.
-    let msg = s.scratch.path("msg");
-    std::fs::write(
-        &msg,
-        cloudnx_agent::audit::checkpoint::message("test-host", cp.seq, &cp.hash),
-    )
-    .unwrap();
-    let sig = s.scratch.path("sig");
-    use base64::Engine;
-    std::fs::write(
-        &sig,
-        base64::engine::general_purpose::STANDARD
-            .decode(&cp.signature)
-            .unwrap(),
-    )
-    .unwrap();
-    let o = std::process::Command::new("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-        .arg(&p)
-        .arg("-in")
-        .arg(&msg)
-        .arg("-sigfile")
-        .arg(&sig)
-        .output()
-        .unwrap();
+    let o = support::audit::openssl_verify_checkpoint(&s.scratch.path(""), &p, "test-host", &cp);
     assert!(o.status.success(), "{}", text(&o));
     // Published beside the log.
     assert_eq!(

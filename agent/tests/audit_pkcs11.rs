@@ -117,30 +117,7 @@ fn checkpoints_signed_on_a_softhsm2_token_verify_with_openssl_and_the_agent() {
         cloudnx_agent::audit::key::from_public_pem(&String::from_utf8(pem).unwrap()).unwrap();
     assert_eq!(cp.kid.as_deref(), Some(kid.as_str()));
     // openssl pkeyutl -verify over the §7 bytes.
-    let msg = work.path().join("msg");
-    std::fs::write(
-        &msg,
-        cloudnx_agent::audit::checkpoint::message("test-host", cp.seq, &cp.hash),
-    )
-    .unwrap();
-    let sig = work.path().join("sig");
-    use base64::Engine;
-    std::fs::write(
-        &sig,
-        base64::engine::general_purpose::STANDARD
-            .decode(&cp.signature)
-            .unwrap(),
-    )
-    .unwrap();
-    let o = Command::new("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-        .arg(&pub_pem)
-        .arg("-in")
-        .arg(&msg)
-        .arg("-sigfile")
-        .arg(&sig)
-        .output()
-        .unwrap();
+    let o = support::audit::openssl_verify_checkpoint(work.path(), &pub_pem, "test-host", &cp);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("Signature Verified Successfully"));
     // The agent's own checks, here and off the host.

@@ -190,3 +190,34 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `openssl pkeyutl -verify -rawin` of checkpoint `cp` of `host` with the
+/// SPKI PEM at `pub_pem` (scratch files in `dir`); its output.
+pub fn openssl_verify_checkpoint(
+    dir: &Path,
+    pub_pem: &Path,
+    host: &str,
+    cp: &cloudnx_agent::audit::checkpoint::Checkpoint,
+) -> Output {
+    use base64::Engine;
+    let msg = dir.join("msg");
+    std::fs::write(
+        &msg,
+        cloudnx_agent::audit::checkpoint::message(host, cp.seq, &cp.hash),
+    )
+    .unwrap();
+    let sig = dir.join("sig");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&cp.signature)
+        .unwrap();
+    std::fs::write(&sig, raw).unwrap();
+    std::process::Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+        .arg(pub_pem)
+        .arg("-in")
+        .arg(&msg)
+        .arg("-sigfile")
+        .arg(&sig)
+        .output()
+        .unwrap()
+}
