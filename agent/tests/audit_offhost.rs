@@ -541,3 +541,25 @@ fn past_retention_days_old_files_go_only_once_off_the_host_and_not_under_a_legal
     std::fs::remove_file(first_kept).unwrap();
     assert_eq!(s.verify().0, 1);
 }
+
+#[test]
+fn checkpoints_from_before_kids_still_verify_after_a_rotation() {
+    let s = fs_scratch("");
+    s.append(1, 3);
+    s.seal();
+    // As written before SPEC §11: no kid.
+    let cps = std::fs::read_to_string(s.checkpoints()).unwrap();
+    let c: serde_json::Value = serde_json::from_str(cps.trim()).unwrap();
+    let legacy = format!(
+        "{{\"seq\":{},\"hash\":{},\"ts\":{},\"signature\":{}}}\n",
+        c["seq"], c["hash"], c["ts"], c["signature"]
+    );
+    std::fs::write(s.checkpoints(), legacy).unwrap();
+    assert_eq!(s.verify().0, 0, "{}", s.verify().1);
+    assert_eq!(s.run(&["audit", "rotate-key"]).0, 0);
+    s.append(5, 6);
+    s.seal();
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 checkpoint(s) verified"), "{out}");
+}

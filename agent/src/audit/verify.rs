@@ -63,12 +63,21 @@ impl Keys {
         if let Some(k) = &configured {
             by_kid.insert(super::key::kid(k), *k);
         }
-        // Checkpoints without a kid were signed by the first key: the only
-        // published one when there is exactly one, else the configured key.
-        let fallback = match (by_kid.len(), by_kid.values().next()) {
-            (1, Some(k)) => Some(*k),
-            _ => configured,
-        };
+        // Checkpoints without a kid (written before SPEC §11) were signed by
+        // the first key: the one published first (at the first seal after
+        // the upgrade, before any rotation), else the configured key.
+        let first_published = std::fs::read_dir(files.keys_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let kid = e.file_name().to_str()?.strip_suffix(".pem")?.to_owned();
+                let t = e.metadata().and_then(|m| m.modified()).ok()?;
+                Some((t, kid))
+            })
+            .min()
+            .and_then(|(_, kid)| by_kid.get(&kid).copied());
+        let fallback = first_published.or(configured);
         Ok(Keys { by_kid, fallback })
     }
 
