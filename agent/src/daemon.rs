@@ -264,9 +264,81 @@ pub fn spawn_checkpointer(runner: Arc<Runner>) -> tokio::task::JoinHandle<()> {
                 }
             }
             seal_pass(&runner).await;
+            // Shipping runs beside the checkpointer: a slow or absent
+            // destination never delays a seal (a pass already running makes
+            // this one return at once).
+            tokio::spawn(ship_pass(runner.clone()));
             first = false;
         }
     })
+}
+
+/// One shipping pass to every `[audit] destinations` entry (SPEC §11), then
+/// `cloudnx_audit_offhost_lag_seconds` per destination. A destination that
+/// fails keeps its progress and is retried at the next tick, in order.
+pub async fn ship_pass(runner: Arc<Runner>) {
+    let cfg = runner.config();
+    if cfg.audit.destinations.is_empty() {
+        return;
+    }
+    let log = runner.audit_log();
+    let token = runner.shutdown_token();
+    let mut u = MetricsUpdate::default();
+    for name in &cfg.audit.destinations {
+        let target = match cfg.audit.target(&cfg.destinations, name, &token) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("audit off-host copy to {name}: {e:#}");
+                continue;
+            }
+        };
+        match crate::audit::offhost::ship(log.files(), &cfg.host_id, &cfg.state_dir, &target).await
+        {
+            Ok(Some(s)) if s.checkpoints > 0 => {
+                tracing::info!(destination = %name, checkpoints = s.checkpoints, seq = s.progress.seq, "audit log shipped off the host");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("audit off-host copy to {name}: {e:#}"),
+        }
+        let (files, state, n) = (log.files().clone(), cfg.state_dir.clone(), name.clone());
+        match tokio::task::spawn_blocking(move || {
+            crate::audit::offhost::standing(&files, &state, &n)
+        })
+        .await
+        {
+            Ok(Ok(s)) => u.set(
+                Family::AuditOffhostLag,
+                &[("destination", name)],
+                crate::audit::offhost::lag_seconds(&s, Utc::now().timestamp()),
+            ),
+            Ok(Err(e)) => tracing::error!("audit off-host lag for {name}: {e:#}"),
+            Err(e) => tracing::error!("audit off-host lag for {name}: {e}"),
+        }
+    }
+    if let Err(e) = runner.metrics().apply_async(u).await {
+        tracing::error!("writing the audit off-host metrics: {e:#}");
+    }
+    let (dests, days, state) = (
+        cfg.audit.destinations.clone(),
+        cfg.audit.retention_days,
+        cfg.state_dir.clone(),
+    );
+    let now = Utc::now().timestamp();
+    match tokio::task::spawn_blocking(move || {
+        crate::audit::retention::prune(&log, &state, &dests, days, now)
+    })
+    .await
+    {
+        Ok(Ok(p)) => {
+            for (f, a, b) in &p.removed {
+                tracing::info!(
+                    "audit retention: removed {f} (seq {a}..={b}, confirmed off the host)"
+                );
+            }
+        }
+        Ok(Err(e)) => tracing::error!("audit retention: {e:#}"),
+        Err(e) => tracing::error!("audit retention: {e}"),
+    }
 }
 
 /// One sealing pass: seal, queue the event, publish the metrics. Failures are
@@ -274,9 +346,9 @@ pub fn spawn_checkpointer(runner: Arc<Runner>) -> tokio::task::JoinHandle<()> {
 async fn seal_pass(runner: &Runner) {
     let cfg = runner.config();
     let log = runner.audit_log();
-    let (key, host) = (cfg.audit.signing_key_file.clone(), cfg.host_id.clone());
+    let (key, host) = (cfg.audit.key_source(), cfg.host_id.clone());
     let sealed = match tokio::task::spawn_blocking(move || {
-        crate::audit::checkpoint::seal(&log, &key, &host)
+        crate::audit::checkpoint::seal_from(&log, &key, &host)
     })
     .await
     {

@@ -179,8 +179,20 @@ enum BackupsVerb {
 
 #[derive(Subcommand)]
 enum AuditVerb {
-    /// Verify the hash chain and the signed checkpoints (exit 1 naming the first bad seq).
-    Verify,
+    /// Verify the hash chain and the signed checkpoints (exit 1 naming the first bad seq);
+    /// with --destination, the off-host copy and the local log against it.
+    Verify {
+        /// Verify the copy on this `[[destinations]]` entry (SPEC §11).
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
+        /// Another host's copy on that destination (its host_id).
+        #[arg(long, value_name = "HOST_ID", requires = "destination")]
+        host: Option<String>,
+    },
+    /// Seal the head and ship the log to every `[audit] destinations` entry now.
+    Ship,
+    /// Seal the head with the current key, record and seal `audit.key_rotated`, sign on with a new key.
+    RotateKey,
     /// Print the checkpoint-signing Ed25519 public key (PEM, SPKI).
     PublicKey,
 }
@@ -317,8 +329,24 @@ fn main() -> ExitCode {
             }
             Verb::Ctl(args) => cli::ctl::run(config, args).await,
             Verb::Audit {
-                verb: AuditVerb::Verify,
+                verb:
+                    AuditVerb::Verify {
+                        destination: None, ..
+                    },
             } => cli::audit::verify(config),
+            Verb::Audit {
+                verb:
+                    AuditVerb::Verify {
+                        destination: Some(d),
+                        host,
+                    },
+            } => cli::audit::verify_destination(config, &d, host).await,
+            Verb::Audit {
+                verb: AuditVerb::Ship,
+            } => cli::audit::ship(config).await,
+            Verb::Audit {
+                verb: AuditVerb::RotateKey,
+            } => cli::audit::rotate_key(config).await,
             Verb::Audit {
                 verb: AuditVerb::PublicKey,
             } => cli::audit::public_key(config),

@@ -99,6 +99,8 @@ families! {
     VmBackupLastSuccess = "cloudnx_vm_backup_last_success_timestamp_seconds", Gauge, ["destination", "vmid"], "When a VM backup (vzdump) of this guest last completed on this destination.";
     VmBackupLastSize = "cloudnx_vm_backup_last_size_bytes", Gauge, ["vmid"], "Encrypted size of the last VM backup of this guest.";
     VmBackupRetained = "cloudnx_vm_backup_retained", Gauge, ["destination", "vmid"], "Complete VM backups of this guest kept on this destination.";
+
+    AuditOffhostLag = "cloudnx_audit_offhost_lag_seconds", Gauge, ["destination"], "Age of the newest audit checkpoint confirmed on this destination while newer ones wait to be shipped; 0 when all are off the host.";
     HostUpdatesPending = "cloudnx_host_updates_pending", Gauge, ["origin"], "Installed packages `apt-get upgrade` would upgrade, by origin of the new version (security, other).";
     HostUpdatesHeldBack = "cloudnx_host_updates_held_back", Gauge, ["origin"], "Installed packages with a newer version that `apt-get upgrade` keeps back (it needs new packages or removals, e.g. a new kernel ABI), by origin.";
     HostSecurityOldestPending = "cloudnx_host_security_update_oldest_pending_seconds", Gauge, [], "How long the longest-waiting security update (pending or held back) has been pending, across newer versions of it; 0 when none.";

@@ -145,3 +145,45 @@ fn sealing_twice_without_new_records_writes_one_checkpoint() {
         .wrote
     );
 }
+
+fn lag(s: &AuditScratch) -> Option<f64> {
+    s.scratch.prom().lines().find_map(|l| {
+        l.strip_prefix("cloudnx_audit_offhost_lag_seconds{destination=\"local\"} ")
+            .map(|v| v.parse().unwrap())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_ships_off_the_host_and_the_lag_grows_while_the_destination_is_down() {
+    let s = AuditScratch::with_local_destination(
+        "checkpoint_interval_seconds = 1\ndestinations = [\"local\"]\n",
+    );
+    let root = s.scratch.path("fs");
+    let away = s.scratch.path("fs.away");
+    std::fs::rename(&root, &away).unwrap();
+    std::fs::write(&root, b"down").unwrap();
+    let runner = Runner::new(s.config_path.clone(), s.config.clone());
+    for i in 1..=3 {
+        runner.audit(mixed_entry(i)).await.unwrap();
+    }
+    let task = cloudnx_agent::daemon::spawn_checkpointer(runner.clone());
+    // Down: sealing and appending go on, the lag grows.
+    wait_for("a lag of 2 s or more", || lag(&s).is_some_and(|l| l >= 2.0)).await;
+    runner.audit(mixed_entry(4)).await.unwrap();
+    wait_for("a checkpoint at seq 4", || {
+        checkpoints(&s).last().is_some_and(|c| c.seq == 4)
+    })
+    .await;
+    // Back: everything arrives and the lag is 0.
+    std::fs::remove_file(&root).unwrap();
+    std::fs::rename(&away, &root).unwrap();
+    wait_for("the lag back at 0", || lag(&s) == Some(0.0)).await;
+    let prog = cloudnx_agent::audit::offhost::progress(&s.config.state_dir, "local");
+    assert_eq!(prog.seq, checkpoints(&s).last().unwrap().seq);
+    let segs = std::fs::read_dir(root.join("test-host/audit/test-host/segments"))
+        .unwrap()
+        .count();
+    assert_eq!(segs, checkpoints(&s).len());
+    runner.shutdown(Duration::from_secs(5)).await;
+    task.await.unwrap();
+}

@@ -123,3 +123,57 @@ fn the_documented_openssl_pkeyutl_rawin_command_verifies_a_checkpoint() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("Signature Verification Failure"), "{out}");
 }
+
+#[test]
+fn the_documented_off_host_recipe_checks_the_copy_across_a_key_rotation() {
+    for tool in ["sha256sum", "jq", "openssl", "base64", "sed"] {
+        support::require(tool);
+    }
+    let s = AuditScratch::with_local_destination("destinations = [\"local\"]\n");
+    for i in 1..=6 {
+        s.log().append(mixed_entry(i)).unwrap();
+        if i % 3 == 0 {
+            s.seal();
+        }
+    }
+    let agent = |args: &[&str]| {
+        let o = support::agent(&s.config_path, args);
+        assert!(o.status.success(), "{}", support::text(&o));
+    };
+    agent(&["audit", "rotate-key"]);
+    for i in 7..=9 {
+        s.log().append(mixed_entry(i)).unwrap();
+    }
+    agent(&["audit", "ship"]);
+    let copy = s.scratch.path("fs/test-host/audit/test-host");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("copy");
+    copy_dir(&copy, &dir);
+    let script = doc_script("check-offhost");
+    let head = s.log().head().unwrap().unwrap();
+    let (code, out) = run(&dir, &script);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "copy OK: 10 records, 4 checkpoints, head seq 10 hash {}",
+            head.hash
+        )),
+        "{out}"
+    );
+
+    // A changed byte in a segment breaks the chain.
+    let seg = dir.join("segments/00000000000000000001-00000000000000000003.jsonl");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&seg, text.replacen("\"ts\":\"2", "\"ts\":\"3", 1)).unwrap();
+    let (code, out) = run(&dir, &script);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BAD: seq 2 "), "{out}");
+    std::fs::write(&seg, &text).unwrap();
+
+    // A missing segment is named.
+    std::fs::remove_file(dir.join("segments/00000000000000000004-00000000000000000006.jsonl"))
+        .unwrap();
+    let (code, out) = run(&dir, &script);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BAD: records 4..6 are missing"), "{out}");
+}

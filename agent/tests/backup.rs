@@ -161,6 +161,12 @@ fn backup_to_s3_and_filesystem_opens_with_gpg_and_restores_exactly() {
         assert_eq!(m["object"], format!("{db}.dump.pgp"));
         assert!(m["server_version"].as_str().unwrap().starts_with("15."));
         assert_eq!(m["recipients"][0].as_str().unwrap(), s.gpg.fingerprint);
+        // The audit head when the manifest was written (SPEC §11): a real
+        // line of this host's audit log, so each anchors the other.
+        let seq = m["audit_head"]["seq"].as_u64().unwrap();
+        let log = std::fs::read_to_string(s.scratch.path("state/audit.jsonl")).unwrap();
+        let line = log.lines().nth(usize::try_from(seq).unwrap() - 1).unwrap();
+        assert_eq!(m["audit_head"]["hash"], sha256_hex(line.as_bytes()));
         let stamp = dir.file_name().unwrap().to_str().unwrap().to_owned();
         assert_eq!(stamp.len(), 16, "stamp YYYYMMDDTHHMMSSZ: {stamp}");
 

@@ -367,6 +367,51 @@ fn dashboard_is_grafana_json_with_a_prometheus_datasource_variable() {
 }
 
 #[test]
+fn purge_keeps_the_audit_log_checkpoints_and_keys_and_removes_the_rest() {
+    // The real postrm, run with its absolute paths moved under a scratch root.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().display().to_string();
+    let script = read("packaging/debian/postrm")
+        .replace("/var/lib/", &format!("{r}/var/lib/"))
+        .replace("/etc/cloudnx-agent", &format!("{r}/etc/cloudnx-agent"));
+    let kept = [
+        "var/lib/cloudnx-agent/audit.jsonl",
+        "var/lib/cloudnx-agent/audit.jsonl.1",
+        "var/lib/cloudnx-agent/audit.jsonl.checkpoints",
+        "var/lib/cloudnx-agent/audit.jsonl.retained",
+        "var/lib/cloudnx-agent/audit.jsonl.keys/0123456789abcdef.pem",
+        "etc/cloudnx-agent/keys/audit.ed25519.pem",
+    ];
+    let gone = [
+        "var/lib/cloudnx-agent/outbox.jsonl",
+        "var/lib/cloudnx-agent/metrics-state.json",
+        "var/lib/cloudnx-agent/audit-offhost/local.json",
+        "var/lib/cloudnx-agent/drill-spool/x",
+        "var/lib/prometheus/node-exporter/cloudnx_agent.prom",
+    ];
+    for f in kept.iter().chain(&gone) {
+        let p = root.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+    }
+    let (ok, out, err) = run(Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .args(["postrm", "purge"]));
+    assert!(ok, "postrm purge:\n{out}{err}");
+    for f in kept {
+        assert!(root.path().join(f).exists(), "purge removed {f}");
+    }
+    for f in gone {
+        assert!(!root.path().join(f).exists(), "purge kept {f}");
+    }
+    assert!(!root
+        .path()
+        .join("var/lib/cloudnx-agent/drill-spool")
+        .exists());
+}
+
+#[test]
 fn deb_ships_binary_units_config_docs_and_is_lintian_clean() {
     support::require("cargo-deb");
     let lintian = support::require("lintian");

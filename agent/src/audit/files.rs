@@ -5,7 +5,7 @@
 //! (last whole line, torn fragment) without reading the whole file.
 
 use anyhow::Context;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// The file names belonging to one log.
@@ -37,6 +37,31 @@ impl LogFiles {
     /// The signed checkpoints.
     pub fn checkpoints(&self) -> PathBuf {
         self.sibling(".checkpoints")
+    }
+
+    /// Every public key that signed checkpoints, as `{kid}.pem` (SPEC §11).
+    pub fn keys_dir(&self) -> PathBuf {
+        self.sibling(".keys")
+    }
+
+    /// Where local retention records the first file and record it kept.
+    pub fn retained(&self) -> PathBuf {
+        self.sibling(".retained")
+    }
+
+    /// What local retention removed (None: nothing, the chain starts at seq 1).
+    pub fn retained_from(&self) -> anyhow::Result<Option<Retained>> {
+        let p = self.retained();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is damaged ({e}); it names the first rotated file local retention kept",
+                    p.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
     }
 
     /// Rotated file number `n`.
@@ -97,6 +122,15 @@ impl LogFiles {
         }
         Ok(Ok(files))
     }
+}
+
+/// Where the chain starts after local retention removed whole files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retained {
+    /// The first rotated file number kept (smaller ones are gone).
+    pub first_file: u64,
+    /// The seq of its first record.
+    pub first_seq: u64,
 }
 
 /// The rotation numbers among directory entry `names` for log file `base`
@@ -187,6 +221,80 @@ pub fn read_tail(f: &mut std::fs::File) -> std::io::Result<Tail> {
         }
         block = block.saturating_mul(2);
     }
+}
+
+/// The chain files in order with the seq of each file's first record
+/// (files removed by local retention are simply absent from the front).
+pub fn chain_with_first_seq(files: &LogFiles) -> anyhow::Result<Vec<(PathBuf, u64)>> {
+    let from = files.retained_from()?.map_or(1, |r| r.first_file);
+    let mut paths: Vec<PathBuf> = files
+        .rotated_numbers()?
+        .into_iter()
+        .filter(|n| *n >= from)
+        .map(|n| files.rotated(n))
+        .collect();
+    paths.push(files.active.clone());
+    let mut out = Vec::new();
+    for p in paths {
+        let f = match crate::fsx::open_read(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("opening {}", p.display())),
+        };
+        let mut first = Vec::new();
+        BufReader::new(f)
+            .read_until(b'\n', &mut first)
+            .with_context(|| format!("reading {}", p.display()))?;
+        if first.last() != Some(&b'\n') {
+            continue;
+        }
+        first.pop();
+        let seq = super::record::Record::parse_canonical(&first)
+            .map_err(|e| anyhow::anyhow!("{}: its first line is {e}", p.display()))?
+            .seq;
+        out.push((p, seq));
+    }
+    Ok(out)
+}
+
+/// The exact lines (each with its newline) of records `from..=to`.
+pub fn read_lines(files: &LogFiles, from: u64, to: u64) -> anyhow::Result<Vec<Vec<u8>>> {
+    let chain = chain_with_first_seq(files)?;
+    let mut out = Vec::new();
+    let mut next = from;
+    for (i, (path, first)) in chain.iter().enumerate() {
+        let ends_before = chain.get(i + 1).map(|(_, f)| *f);
+        if ends_before.is_some_and(|e| e <= next) || *first > next {
+            continue;
+        }
+        let f =
+            crate::fsx::open_read(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut r = BufReader::new(f);
+        let mut seq = *first;
+        let mut line = Vec::new();
+        while next <= to {
+            line.clear();
+            if r.read_until(b'\n', &mut line)
+                .with_context(|| format!("reading {}", path.display()))?
+                == 0
+                || line.last() != Some(&b'\n')
+            {
+                break;
+            }
+            if seq == next {
+                out.push(std::mem::take(&mut line));
+                next += 1;
+            }
+            seq += 1;
+        }
+    }
+    if next <= to {
+        anyhow::bail!(
+            "records {next}..={to} are not in the local log {} (removed, or rotated while read; the next pass retries)",
+            files.active.display()
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,13 +9,19 @@
 //! ([`checkpoint`]) and verification ([`verify`]).
 //! Never: decides what is audited — the runner and the API hand records here;
 //! never rewrites a whole record (a torn tail is moved aside, never dropped).
-//! A leaf: it imports only `fsx` and `util` (paths and keys come as parameters).
+//! The copy off the host ([`offhost`], SPEC §11) writes through `store`'s
+//! `Destination` trait, opened by the caller.
+//! A leaf: it imports only `fsx`, `util` and `store` (paths, keys and
+//! destinations come as parameters).
 
 pub mod checkpoint;
 pub mod files;
 pub mod key;
 pub mod log;
+pub mod offhost;
+pub mod pkcs11;
 pub mod record;
+pub mod retention;
 pub mod verify;
 
 pub use log::{AuditLog, TornTail};

@@ -110,8 +110,9 @@ impl Record {
     }
 }
 
-/// The newest record of the chain: its `seq` and the hash of its line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The newest record of the chain: its `seq` and the hash of its line
+/// (also a backup manifest's `audit_head`, SPEC §11).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Head {
     /// `seq` of the newest record.
     pub seq: u64,
@@ -129,6 +130,9 @@ impl Head {
         })
     }
 }
+
+/// The action of a key rotation record (SPEC §11).
+pub const KEY_ROTATED: &str = "audit.key_rotated";
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -368,6 +368,16 @@ fn build(mut raw: RawConfig, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -
             }
         }
     }
+    for n in &audit.destinations {
+        if !known(n) {
+            problems.push(
+                Problem::general(format!(
+                    "[audit] destinations names {n:?}, which no [[destinations]] defines"
+                ))
+                .hint(format!("defined destinations: {names:?}")),
+            );
+        }
+    }
     if let Some(d) = &restore_drill {
         if !known(&d.destination) {
             problems.push(

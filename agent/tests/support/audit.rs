@@ -26,8 +26,25 @@ impl AuditScratch {
     /// A log with these extra `[audit]` keys, on tmpfs when the machine has
     /// one (fsync is free there: these tests are about the chain, not the disk).
     pub fn with(audit_keys: &str) -> Self {
+        Self::in_scratch(Self::fast_scratch(), audit_keys)
+    }
+
+    /// A log with these `[audit]` keys and the filesystem destination `local` at `fs/`.
+    pub fn with_local_destination(audit_keys: &str) -> Self {
+        Self::with_destinations(audit_keys, None)
+    }
+
+    /// A log with these `[audit]` keys, `local` at `fs/` and `s3` when given.
+    pub fn with_destinations(audit_keys: &str, s3: Option<&super::S3Dest>) -> Self {
+        let scratch = Self::fast_scratch();
+        let (dests, _) = scratch.destinations(s3);
+        std::fs::create_dir_all(scratch.path("fs")).unwrap();
+        Self::in_scratch(scratch, &format!("{audit_keys}\n{dests}"))
+    }
+
+    fn fast_scratch() -> Scratch {
         let shm = Path::new("/dev/shm");
-        let scratch = if shm.is_dir() {
+        if shm.is_dir() {
             let dir = tempfile::Builder::new()
                 .prefix("cnx-audit-")
                 .tempdir_in(shm)
@@ -36,8 +53,7 @@ impl AuditScratch {
             Scratch { dir }
         } else {
             Scratch::new()
-        };
-        Self::in_scratch(scratch, audit_keys)
+        }
     }
 
     /// A log on the real disk (for crash tests: fsync and page-cache behaviour matter).
@@ -91,7 +107,9 @@ impl AuditScratch {
         let key = cloudnx_agent::audit::key::load(&self.config.audit.signing_key_file)
             .ok()
             .map(|k| k.verifying_key());
-        cloudnx_agent::audit::verify::verify(self.log().files(), &self.config.host_id, key.as_ref())
+        let keys =
+            cloudnx_agent::audit::verify::Keys::local(self.log().files(), key).expect("keys");
+        cloudnx_agent::audit::verify::verify(self.log().files(), &self.config.host_id, &keys)
             .expect("verify runs")
     }
 
@@ -159,13 +177,47 @@ pub fn mixed_entry(i: u64) -> AuditEntry {
     }
 }
 
-/// Copy every file of `from` (one directory, no subdirectories) into `to`.
+/// Copy `from` into `to`, subdirectories too.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
+        let t = e.file_type().unwrap();
+        if t.is_file() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        } else if t.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
         }
     }
+}
+
+/// `openssl pkeyutl -verify -rawin` of checkpoint `cp` of `host` with the
+/// SPKI PEM at `pub_pem` (scratch files in `dir`); its output.
+pub fn openssl_verify_checkpoint(
+    dir: &Path,
+    pub_pem: &Path,
+    host: &str,
+    cp: &cloudnx_agent::audit::checkpoint::Checkpoint,
+) -> Output {
+    use base64::Engine;
+    let msg = dir.join("msg");
+    std::fs::write(
+        &msg,
+        cloudnx_agent::audit::checkpoint::message(host, cp.seq, &cp.hash),
+    )
+    .unwrap();
+    let sig = dir.join("sig");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&cp.signature)
+        .unwrap();
+    std::fs::write(&sig, raw).unwrap();
+    std::process::Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+        .arg(pub_pem)
+        .arg("-in")
+        .arg(&msg)
+        .arg("-sigfile")
+        .arg(&sig)
+        .output()
+        .unwrap()
 }

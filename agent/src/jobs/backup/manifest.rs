@@ -94,6 +94,10 @@ pub struct Manifest {
     /// agents sharing a prefix show up as two writers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
+    /// The audit log's head when the manifest was written (SPEC §11), so the
+    /// backups and the audit log anchor each other; None in older manifests.
+    #[serde(default)]
+    pub audit_head: Option<crate::audit::Head>,
 }
 
 /// The directory segment of what a backup holds: [`GLOBALS`] for the

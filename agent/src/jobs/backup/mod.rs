@@ -469,6 +469,16 @@ fn writer_of(marker: &str) -> &str {
 const FOREIGN_GRACE_HOURS: i64 = 24;
 
 impl Env<'_> {
+    /// The audit log's head now, for the manifest's `audit_head` (SPEC §11).
+    async fn audit_head(&self) -> anyhow::Result<Option<crate::audit::Head>> {
+        let a = &self.ctx.config.audit;
+        let log = crate::audit::AuditLog::new(&a.path, a.rotate_bytes);
+        tokio::task::spawn_blocking(move || log.head())
+            .await
+            .context("reading the audit log head")?
+            .context("reading the audit log head for the manifest; no manifest written")
+    }
+
     fn note_foreign(&self, dest: &str, writer: &str) {
         if writer_of(writer) != self.writer && !writer.is_empty() {
             self.foreign
@@ -684,6 +694,7 @@ impl Env<'_> {
         let streamed = streamed?;
         let (schema_sha256, row_counts) = facts?;
         crate::fault_point!("backup::before_manifest");
+        let audit_head = self.audit_head().await?;
         let finished = chrono::Utc::now();
         // Table names and row counts go off the host only encrypted, to the
         // dump's recipients, beside the manifest (SPEC §10).
@@ -727,6 +738,7 @@ impl Env<'_> {
             row_counts_skipped: content == Content::Database && !count_rows,
             compression_level: (content == Content::Database).then_some(self.cfg.compression_level),
             writer: Some(self.writer.to_owned()),
+            audit_head,
         };
         let body = Bytes::from(serde_json::to_vec_pretty(&m)?);
         for ((d, res), up) in self.dests.iter().zip(r.dests.iter_mut()).zip(uploaded) {
