@@ -386,6 +386,23 @@ async fn seal_pass(runner: &Runner) {
             ts.timestamp_millis() as f64 / 1000.0,
         );
     }
+    // The signing key's age (SPEC §10, `key="audit:<kid>"`): a key file's
+    // creation time; a key on a token has no date the agent can read, so
+    // it exports none (its series leave on rotation like any other).
+    let mut live = std::collections::BTreeSet::new();
+    if cfg.audit.signing_key_pkcs11.is_none() {
+        match crate::audit::key::info(&cfg.audit.signing_key_file) {
+            Ok((kid, created)) => {
+                let key = format!("audit:{kid}");
+                u.set(Family::KeyCreated, &[("key", &key)], created as f64);
+                live.insert(key);
+                u.keep_scoped(Family::KeyCreated, "key", "audit:", live);
+            }
+            Err(e) => tracing::error!("reading the audit key's date: {e:#}"),
+        }
+    } else {
+        u.keep_scoped(Family::KeyCreated, "key", "audit:", live);
+    }
     if let Err(e) = runner.metrics().apply_async(u).await {
         tracing::error!("writing the audit metrics: {e:#}");
     }

@@ -83,6 +83,21 @@ async fn new_records_are_sealed_sent_off_host_and_exported_as_metrics() {
         .timestamp_millis() as f64
         / 1000.0;
     assert!((ts - sealed).abs() < 0.001, "{ts} vs {sealed}");
+    // The signing key's age (SPEC §10), under the kid its checkpoints carry
+    // (audit_offhost checks that kid against openssl); its date the key file's.
+    let kid = cps[cps.len() - 1]
+        .kid
+        .clone()
+        .expect("a kid on the checkpoint");
+    let made = std::fs::metadata(&s.config.audit.signing_key_file)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let line = format!("cloudnx_key_created_timestamp_seconds{{key=\"audit:{kid}\"}} {made}\n");
+    assert!(prom.contains(&line), "{line} not in {prom}");
 
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
