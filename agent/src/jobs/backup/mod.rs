@@ -464,6 +464,19 @@ fn writer_of(marker: &str) -> &str {
     marker.split_whitespace().next().unwrap_or("")
 }
 
+/// Give back a stamp reserved for nothing (its marker, its empty
+/// directory) — only when its object is known to be absent: a failed HEAD
+/// (often the very fault that failed the run) may hide a complete object,
+/// which must stay marked as ours so the next run cleans it. Shared by
+/// database and VM backups.
+pub async fn release_unwritten(d: &dyn Destination, dir: &str, key: &str) {
+    if matches!(d.size(key).await, Ok(None)) {
+        if let Err(e) = d.release(dir).await {
+            tracing::warn!(destination = d.name(), "releasing {dir}: {e}");
+        }
+    }
+}
+
 /// How long an incomplete backup of another writer (or of no known writer)
 /// is left alone: it may be an upload in flight.
 const FOREIGN_GRACE_HOURS: i64 = 24;
@@ -496,14 +509,17 @@ impl Env<'_> {
     async fn backup_one(&self, database: &str, content: Content) -> DbResult {
         let clock = std::time::Instant::now();
         let segment = manifest::segment(database, content);
-        let (started, stamp, reserved) = self.reserve_stamp(&segment).await;
+        let (started, stamp, unreserved, reserved) = self.reserve_stamp(&segment).await;
         let dests: Vec<DestResult> = self
             .dests
             .iter()
             .map(|d| DestResult {
                 name: d.name().to_owned(),
                 key: manifest::object_key(self.prefix(d.name()), &segment, &stamp),
-                error: None,
+                // Not written where the stamp could not be reserved: an
+                // object without our marker would look like another
+                // writer's upload and outlive its failure by a day.
+                error: unreserved.get(d.name()).cloned(),
             })
             .collect();
         let mut r = DbResult {
@@ -530,11 +546,7 @@ impl Env<'_> {
                 continue;
             }
             let dir = stamp_dir(self.prefix(d.name()), &r.segment, &r.stamp);
-            if d.size(&res.key).await.ok().flatten().is_none() {
-                if let Err(e) = d.release(&dir).await {
-                    tracing::warn!(destination = d.name(), "releasing {dir}: {e}");
-                }
-            }
+            release_unwritten(d.as_ref(), &dir, &res.key).await;
         }
         r.seconds = clock.elapsed().as_secs_f64();
         match &r.error {
@@ -549,12 +561,17 @@ impl Env<'_> {
     /// agents on one prefix — never write into one stamp, and a clock set
     /// back onto an old stamp never writes under an existing backup's
     /// manifest). A taken stamp waits for the next second; another agent's
-    /// marker is noted. An unreachable destination counts as reserved: its
-    /// upload fails and says why.
+    /// marker is noted. A destination where reserving failed is returned
+    /// with its error: nothing is written there this run.
     async fn reserve_stamp(
         &self,
         segment: &str,
-    ) -> (chrono::DateTime<chrono::Utc>, String, anyhow::Result<()>) {
+    ) -> (
+        chrono::DateTime<chrono::Utc>,
+        String,
+        BTreeMap<String, String>,
+        anyhow::Result<()>,
+    ) {
         let marker = format!("{} {}", self.writer, self.ctx.id);
         let mut tries = 0;
         loop {
@@ -562,6 +579,7 @@ impl Env<'_> {
             let stamp = retention::stamp(started);
             let mut ours: Vec<&Arc<dyn Destination>> = Vec::new();
             let mut taken = None;
+            let mut failed = BTreeMap::new();
             for d in self.dests {
                 let dir = stamp_dir(self.prefix(d.name()), segment, &stamp);
                 match d.reserve(&dir, &marker).await {
@@ -574,13 +592,16 @@ impl Env<'_> {
                         break;
                     }
                     Err(e) if e.is_cancelled() => {
-                        return (started, stamp, Err(anyhow::anyhow!("{e}")));
+                        return (started, stamp, failed, Err(anyhow::anyhow!("{e}")));
                     }
-                    Err(e) => tracing::warn!(destination = d.name(), "{e}"),
+                    Err(e) => {
+                        tracing::warn!(destination = d.name(), "{e}");
+                        failed.insert(d.name().to_owned(), format!("reserving stamp {dir}: {e}"));
+                    }
                 }
             }
             let Some((dest, writer)) = taken else {
-                return (started, stamp, Ok(()));
+                return (started, stamp, failed, Ok(()));
             };
             for d in ours {
                 let _ = d
@@ -593,7 +614,7 @@ impl Env<'_> {
                     "no free stamp for {segment} on {dest} in {tries} seconds (the last, {stamp}, is held by {})",
                     writer.as_deref().unwrap_or("another run")
                 );
-                return (started, stamp, Err(e));
+                return (started, stamp, failed, Err(e));
             }
             let ms = 1000 - u64::from(chrono::Utc::now().timestamp_subsec_millis().min(999));
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -657,11 +678,23 @@ impl Env<'_> {
             .await
         };
 
-        let targets: Vec<(Arc<dyn Destination>, String)> = self
-            .dests
+        // Only where the stamp is ours (see `reserve_stamp`).
+        let live: Vec<usize> = (0..r.dests.len())
+            .filter(|&i| r.dests[i].error.is_none())
+            .collect();
+        anyhow::ensure!(
+            !live.is_empty(),
+            "no destination could reserve stamp {}: {}",
+            r.stamp,
+            r.dests
+                .iter()
+                .filter_map(|d| d.error.as_deref())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let targets: Vec<(Arc<dyn Destination>, String)> = live
             .iter()
-            .zip(&r.dests)
-            .map(|(d, res)| (d.clone(), res.key.clone()))
+            .map(|&i| (self.dests[i].clone(), r.dests[i].key.clone()))
             .collect();
         let base = u64::from(self.cfg.part_size_mib) << 20;
         let what = format!("database {db}");
@@ -682,9 +715,9 @@ impl Env<'_> {
                 tracing::warn!(database = %db, "{e:#}");
             }
         }
-        for (res, e) in r.dests.iter_mut().zip(fanned.upload_errors()) {
+        for (&i, e) in live.iter().zip(fanned.upload_errors()) {
             if e.is_some() {
-                res.error = e;
+                r.dests[i].error = e;
             }
         }
         let stream::FannedOut { streamed, uploaded } = fanned;
@@ -741,7 +774,8 @@ impl Env<'_> {
             audit_head,
         };
         let body = Bytes::from(serde_json::to_vec_pretty(&m)?);
-        for ((d, res), up) in self.dests.iter().zip(r.dests.iter_mut()).zip(uploaded) {
+        for (&i, up) in live.iter().zip(uploaded) {
+            let (d, res) = (&self.dests[i], &mut r.dests[i]);
             let confirmed = async {
                 let n = up?;
                 let seen = d
@@ -912,11 +946,7 @@ impl Env<'_> {
             // between two deletes leaves an incomplete leftover, never a
             // manifest without its object. A locked manifest stops the rest;
             // its object, locked no later than the manifest, is refused too.
-            let mut ordered: Vec<&String> = keys
-                .iter()
-                .filter(|k| k.ends_with(manifest::MANIFEST))
-                .collect();
-            ordered.extend(keys.iter().filter(|k| !k.ends_with(manifest::MANIFEST)));
+            let ordered = retention::deletion_order(keys, manifest::MANIFEST);
             let mut locked = false;
             for key in ordered {
                 if locked {

@@ -89,6 +89,28 @@ pub fn plan(
         .collect()
 }
 
+/// The order a backup's objects are deleted in: the manifest first (the
+/// mirror of writing it last: a run stopped between two deletes leaves an
+/// incomplete leftover, never a manifest without its object), then the data,
+/// then the stamp's writer marker (a run stopped before that leaves a
+/// leftover still marked as ours, which the next run cleans; unmarked, it
+/// would look like another writer's and wait a day).
+pub fn deletion_order<'a>(keys: &'a [String], manifest: &str) -> Vec<&'a String> {
+    let marker = format!("/{}", crate::store::WRITER);
+    let rank = |k: &str| {
+        if k.ends_with(manifest) {
+            0
+        } else if k.ends_with(&marker) {
+            2
+        } else {
+            1
+        }
+    };
+    let mut ordered: Vec<&String> = keys.iter().collect();
+    ordered.sort_by_key(|k| rank(k));
+    ordered
+}
+
 #[cfg(test)]
 mod tests {
     use super::Verdict::*;
@@ -221,5 +243,31 @@ mod tests {
         ] {
             assert_eq!(parse_stamp(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn deletion_order_is_manifest_then_data_then_the_writer_marker() {
+        let keys: Vec<String> = [
+            "p/s/.writer",
+            "p/s/db.dump.pgp",
+            "p/s/manifest.json",
+            "p/s/manifest.details.pgp",
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+        let got: Vec<&str> = deletion_order(&keys, "manifest.json")
+            .into_iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "p/s/manifest.json",
+                "p/s/db.dump.pgp",
+                "p/s/manifest.details.pgp",
+                "p/s/.writer"
+            ]
+        );
     }
 }

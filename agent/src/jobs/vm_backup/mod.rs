@@ -572,11 +572,8 @@ impl Run<'_> {
     /// A failed stream leaves no reserved, empty stamp behind.
     async fn release(&self, vmid: u32, stamp: &str, r: &GuestReport) {
         for (d, res) in self.dests.iter().zip(&r.destinations) {
-            if d.size(&res.key).await.ok().flatten().is_none() {
-                let _ = d
-                    .release(&manifest::stamp_dir(self.prefix(d.name()), vmid, stamp))
-                    .await;
-            }
+            let dir = manifest::stamp_dir(self.prefix(d.name()), vmid, stamp);
+            crate::jobs::backup::release_unwritten(d.as_ref(), &dir, &res.key).await;
         }
     }
 }

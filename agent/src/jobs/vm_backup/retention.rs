@@ -236,9 +236,7 @@ async fn delete_stamp(
     keys: &[String],
     detail: &Value,
 ) -> anyhow::Result<bool> {
-    let mut ordered: Vec<&String> = keys.iter().filter(|k| k.ends_with(MANIFEST)).collect();
-    ordered.extend(keys.iter().filter(|k| !k.ends_with(MANIFEST)));
-    for key in ordered {
+    for key in crate::jobs::backup::retention::deletion_order(keys, MANIFEST) {
         match d.delete(key).await? {
             Deleted::Locked => {
                 tracing::info!(destination = d.name(), key, "kept: under object lock");
