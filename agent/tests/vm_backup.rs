@@ -153,7 +153,10 @@ fn vm_backup_three_guests_reach_every_destination_and_gpg_opens_each_archive() {
         assert_eq!(m["type"], if vmid == 101 { "lxc" } else { "qemu" });
         assert_eq!(m["volid"], volid);
         assert_eq!(m["plaintext_sha256"], a["sha256"]);
-        assert!(m["audit_head"].is_string(), "{m:#}");
+        assert!(
+            m["audit_head"]["seq"].is_u64() && m["audit_head"]["hash"].is_string(),
+            "audit_head is {{seq, hash}} as in database manifests: {m:#}"
+        );
         // S3: the same object and manifest.
         assert!(s3_keys.contains(&key), "{key} not in {s3_keys:?}");
         assert!(s3_keys.contains(&format!("test-host/vm/{vmid}/{stamp}/manifest.json")));

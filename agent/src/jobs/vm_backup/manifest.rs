@@ -42,8 +42,8 @@ pub struct VmManifest {
     pub started_at: String,
     /// RFC 3339.
     pub finished_at: String,
-    /// The audit log head when the manifest was written (`seq:sha256`).
-    pub audit_head: Option<String>,
+    /// The audit log head when the manifest was written (`{seq, hash}`, SPEC §11).
+    pub audit_head: Option<crate::audit::Head>,
     /// The agent instance that wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,

@@ -389,7 +389,7 @@ impl Run<'_> {
             format!("opening {} (the agent reads the dump directory through an ACL the package sets: setfacl -m u:cloudnx-agent:rwx,d:u:cloudnx-agent:r on it; see docs/adr/0014)", path.display())
         })?;
 
-        let stamp = self.reserve(t.vmid, started).await?;
+        let (stamp, unreserved) = self.reserve(t.vmid, started).await?;
         r.stamp = Some(stamp.clone());
         r.destinations = self
             .dests
@@ -398,14 +398,22 @@ impl Run<'_> {
                 destination: d.name().to_owned(),
                 key: manifest::object_key(self.prefix(d.name()), t.vmid, &stamp, &archive),
                 ok: false,
-                error: None,
+                error: unreserved.get(d.name()).cloned(),
             })
             .collect();
-        let targets: Vec<(Arc<dyn Destination>, String)> = self
-            .dests
+        // Only where the stamp is ours.
+        let live: Vec<usize> = (0..r.destinations.len())
+            .filter(|&i| r.destinations[i].error.is_none())
+            .collect();
+        if live.is_empty() {
+            bail!(
+                "no destination could reserve stamp {stamp}: {}",
+                unreserved.into_values().collect::<Vec<_>>().join("; ")
+            );
+        }
+        let targets: Vec<(Arc<dyn Destination>, String)> = live
             .iter()
-            .zip(&r.destinations)
-            .map(|(d, res)| (d.clone(), res.key.clone()))
+            .map(|&i| (self.dests[i].clone(), r.destinations[i].key.clone()))
             .collect();
         let what = format!("the archive of {}", r.label());
         self.ctx
@@ -421,9 +429,9 @@ impl Run<'_> {
             &self.ctx.progress,
         )
         .await;
-        for (res, e) in r.destinations.iter_mut().zip(fanned.upload_errors()) {
+        for (&i, e) in live.iter().zip(fanned.upload_errors()) {
             if e.is_some() {
-                res.error = e;
+                r.destinations[i].error = e;
             }
         }
         let stream::FannedOut { streamed, uploaded } = fanned;
@@ -435,13 +443,12 @@ impl Run<'_> {
             }
         };
         r.size_bytes = Some(streamed.size);
+        // The audit log's head, as in database backups' manifests (SPEC §11).
         let head = self
             .ctx
             .audit_log
             .head()
-            .ok()
-            .flatten()
-            .map(|h| format!("{}:{}", h.seq, h.hash));
+            .context("reading the audit log head for the manifest; no manifest written")?;
         let m = VmManifest {
             format: manifest::FORMAT.into(),
             host_id: self.ctx.config.host_id.clone(),
@@ -462,12 +469,8 @@ impl Run<'_> {
             warnings,
         };
         let body = Bytes::from(serde_json::to_vec_pretty(&m)?);
-        for ((d, res), up) in self
-            .dests
-            .iter()
-            .zip(r.destinations.iter_mut())
-            .zip(uploaded)
-        {
+        for (&i, up) in live.iter().zip(uploaded) {
+            let (d, res) = (&self.dests[i], &mut r.destinations[i]);
             if res.error.is_some() {
                 continue;
             }
@@ -536,13 +539,14 @@ impl Run<'_> {
         &self,
         vmid: u32,
         started: chrono::DateTime<chrono::Utc>,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let marker = format!("{} {}", self.writer, self.ctx.id);
         let mut at = started;
         for _ in 0..120 {
             let stamp = stamps::stamp(at);
             let mut ours = Vec::new();
             let mut taken = false;
+            let mut failed = BTreeMap::new();
             for d in &self.dests {
                 let dir = manifest::stamp_dir(self.prefix(d.name()), vmid, &stamp);
                 match d.reserve(&dir, &marker).await {
@@ -552,12 +556,17 @@ impl Run<'_> {
                         break;
                     }
                     Err(e) if e.is_cancelled() => bail!("{e}"),
-                    // Unreachable: its upload fails and says why.
-                    Err(e) => tracing::warn!(destination = d.name(), "{e}"),
+                    // Nothing is written where the stamp is not ours: an
+                    // object without our marker would look like another
+                    // writer's upload and outlive the failure by a day.
+                    Err(e) => {
+                        tracing::warn!(destination = d.name(), "{e}");
+                        failed.insert(d.name().to_owned(), format!("reserving stamp {dir}: {e}"));
+                    }
                 }
             }
             if !taken {
-                return Ok(stamp);
+                return Ok((stamp, failed));
             }
             for d in ours {
                 let _ = d
