@@ -10,7 +10,7 @@
 
 use cloudnx_agent::audit::checkpoint::Checkpoint;
 use cloudnx_agent::audit::files::{split_tail, LogFiles};
-use cloudnx_agent::audit::verify::verify;
+use cloudnx_agent::audit::verify::{verify, Keys};
 use cloudnx_agent::audit::{sha256_hex, AuditEntry, Head, Record};
 use libfuzzer_sys::fuzz_target;
 use std::path::PathBuf;
@@ -41,7 +41,9 @@ fn synthetic() -> &'static Synthetic {
         // The baseline the property compares against: untouched, it verifies.
         std::fs::write(&active, [&r1[..], b"\n", &r2, b"\n", &r3, b"\n"].concat())
             .expect("write synthetic log");
-        let report = verify(&LogFiles::new(&active), "fuzz-host", None).expect("verify");
+        let files = LogFiles::new(&active);
+        let keys = Keys::local(&files, None).expect("keys");
+        let report = verify(&files, "fuzz-host", &keys).expect("verify");
         assert!(
             report.problem.is_none() && report.records == 3,
             "{:?}",
@@ -90,8 +92,9 @@ fuzz_target!(|data: &[u8]| {
         log.push(b'\n');
     }
     std::fs::write(&s.active, &log).expect("write synthetic log");
-    let report =
-        verify(&LogFiles::new(&s.active), "fuzz-host", None).expect("verify (no I/O error)");
+    let files = LogFiles::new(&s.active);
+    let keys = Keys::local(&files, None).expect("keys");
+    let report = verify(&files, "fuzz-host", &keys).expect("verify (no I/O error)");
     if data == &s.lines[1][..] {
         assert!(
             report.problem.is_none(),

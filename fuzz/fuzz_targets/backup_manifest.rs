@@ -2,12 +2,12 @@
 //!
 //! Properties: no panic; an accepted manifest serialises and parses back to
 //! the same value (the backup writes what the drill reads); the layout helpers
-//! never panic on its names, and a usable database name yields keys under its
-//! own directory.
+//! never panic on its names; any non-empty database name has a directory
+//! segment that reads back as that name, and its keys lie under it.
 #![no_main]
 
 use cloudnx_agent::jobs::backup::manifest::{
-    database_dir, manifest_key, object_key, unusable_name, Manifest,
+    database_dir, manifest_key, object_key, parse_segment, segment, Content, Manifest,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -25,9 +25,15 @@ fuzz_target!(|data: &[u8]| {
     );
 
     let db = &m.database;
-    let dir = database_dir(&m.host_id, db);
-    if unusable_name(db).is_none() {
-        assert!(object_key(&m.host_id, db, &m.started_at).starts_with(&dir));
-        assert!(manifest_key(&m.host_id, db, &m.started_at).starts_with(&dir));
+    let seg = segment(db, Content::Database);
+    if !db.is_empty() {
+        assert_eq!(
+            parse_segment(&seg),
+            Some((db.clone(), Content::Database)),
+            "one name, one directory"
+        );
     }
+    let dir = database_dir(&m.host_id, &seg);
+    assert!(object_key(&m.host_id, &seg, &m.started_at).starts_with(&dir));
+    assert!(manifest_key(&m.host_id, &seg, &m.started_at).starts_with(&dir));
 });
