@@ -43,6 +43,17 @@ impl JobContext {
         self.audit_log.append_async(entry).await
     }
 
+    /// The audit log's head now, for a backup manifest's `audit_head`
+    /// (SPEC §11), read off the async runtime from the runner's own log.
+    pub async fn audit_head(&self) -> anyhow::Result<Option<crate::audit::Head>> {
+        use anyhow::Context;
+        let log = self.audit_log.clone();
+        tokio::task::spawn_blocking(move || log.head())
+            .await
+            .context("reading the audit log head")?
+            .context("reading the audit log head for the manifest; no manifest written")
+    }
+
     /// Queue an event for the control plane now (drift found, …).
     pub async fn event(
         &self,

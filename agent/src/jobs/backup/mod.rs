@@ -482,16 +482,6 @@ pub async fn release_unwritten(d: &dyn Destination, dir: &str, key: &str) {
 const FOREIGN_GRACE_HOURS: i64 = 24;
 
 impl Env<'_> {
-    /// The audit log's head now, for the manifest's `audit_head` (SPEC §11).
-    async fn audit_head(&self) -> anyhow::Result<Option<crate::audit::Head>> {
-        let a = &self.ctx.config.audit;
-        let log = crate::audit::AuditLog::new(&a.path, a.rotate_bytes);
-        tokio::task::spawn_blocking(move || log.head())
-            .await
-            .context("reading the audit log head")?
-            .context("reading the audit log head for the manifest; no manifest written")
-    }
-
     fn note_foreign(&self, dest: &str, writer: &str) {
         if writer_of(writer) != self.writer && !writer.is_empty() {
             self.foreign
@@ -727,7 +717,7 @@ impl Env<'_> {
         let streamed = streamed?;
         let (schema_sha256, row_counts) = facts?;
         crate::fault_point!("backup::before_manifest");
-        let audit_head = self.audit_head().await?;
+        let audit_head = self.ctx.audit_head().await?;
         let finished = chrono::Utc::now();
         // Table names and row counts go off the host only encrypted, to the
         // dump's recipients, beside the manifest (SPEC §10).

@@ -444,11 +444,7 @@ impl Run<'_> {
         };
         r.size_bytes = Some(streamed.size);
         // The audit log's head, as in database backups' manifests (SPEC §11).
-        let head = self
-            .ctx
-            .audit_log
-            .head()
-            .context("reading the audit log head for the manifest; no manifest written")?;
+        let head = self.ctx.audit_head().await?;
         let m = VmManifest {
             format: manifest::FORMAT.into(),
             host_id: self.ctx.config.host_id.clone(),
