@@ -174,6 +174,14 @@ fn vm_backup_three_guests_reach_every_destination_and_gpg_opens_each_archive() {
             "{volid} still on disk"
         );
         assert_eq!(g["local_deleted"], true);
+        // Where the guest's time went: the vzdump task (0.3 s in the
+        // scenario) and the upload, both inside the guest's duration.
+        let (vz, up, all) = (
+            g["vzdump_seconds"].as_f64().unwrap(),
+            g["upload_seconds"].as_f64().unwrap(),
+            g["duration_seconds"].as_f64().unwrap(),
+        );
+        assert!(vz >= 0.29 && up > 0.0 && vz + up <= all, "{g:#}");
     }
     assert!(
         !s3_keys.iter().any(|k| k.contains("/vm/200/")),

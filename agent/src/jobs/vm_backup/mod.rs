@@ -101,6 +101,13 @@ pub struct GuestReport {
     pub local_deleted: bool,
     /// Seconds this guest took.
     pub duration_seconds: f64,
+    /// Of those, the vzdump task's (started to finished, retries included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vzdump_seconds: Option<f64>,
+    /// Of those, streaming the archive encrypted to the destinations (read,
+    /// encrypt, upload; the manifests not included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_seconds: Option<f64>,
 }
 
 impl GuestReport {
@@ -121,6 +128,8 @@ impl GuestReport {
             destinations: vec![],
             local_deleted: false,
             duration_seconds: 0.0,
+            vzdump_seconds: None,
+            upload_seconds: None,
         }
     }
 
@@ -201,6 +210,7 @@ impl Run<'_> {
     async fn guest_inner(&self, t: &Target, r: &mut GuestReport) {
         let node = &self.cfg.proxmox.node;
         let mut attempt = 0u32;
+        let clock = Instant::now();
         let (upid, started, exit) = loop {
             if self.ctx.cancel.is_cancelled() {
                 r.fail("cancelled before the backup was started".into());
@@ -298,6 +308,7 @@ impl Run<'_> {
             }
             break (upid, started, exit);
         };
+        r.vzdump_seconds = Some(clock.elapsed().as_secs_f64());
         let degraded = r.result == GuestResult::Degraded;
         if let Err(e) = self
             .ship(t, r, &upid, started, degraded.then_some(exit))
@@ -419,6 +430,7 @@ impl Run<'_> {
         self.ctx
             .progress
             .phase(format!("uploading {archive}"), Some(info.size));
+        let clock = Instant::now();
         let fanned = stream::fan_out(
             Source::File(file),
             &what,
@@ -429,6 +441,7 @@ impl Run<'_> {
             &self.ctx.progress,
         )
         .await;
+        r.upload_seconds = Some(clock.elapsed().as_secs_f64());
         for (&i, e) in live.iter().zip(fanned.upload_errors()) {
             if e.is_some() {
                 r.destinations[i].error = e;
