@@ -231,21 +231,6 @@ async fn decrypt_stream(
 ) -> anyhow::Result<(u64, String)> {
     let key = key.to_owned();
     tokio::task::spawn_blocking(move || {
-        use sha2::Digest;
-        struct HashW<W> {
-            w: W,
-            h: sha2::Sha256,
-        }
-        impl<W: std::io::Write> std::io::Write for HashW<W> {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                let n = self.w.write(b)?;
-                self.h.update(&b[..n]);
-                Ok(n)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                self.w.flush()
-            }
-        }
         let mut input = std::io::BufReader::with_capacity(
             1 << 20,
             Counting {
@@ -254,18 +239,122 @@ async fn decrypt_stream(
             },
         );
         let r = (|| {
-            let mut w = HashW {
-                w: std::io::BufWriter::with_capacity(1 << 20, out),
-                h: sha2::Sha256::new(),
-            };
-            let n = crate::crypto::decrypt(&key, &mut input, &mut w)?;
-            std::io::Write::flush(&mut w)?;
-            Ok((n, hex::encode(w.h.finalize())))
+            let mut w = HashingWriter::spawn(out)?;
+            let n = crate::crypto::decrypt(&key, &mut input, &mut w);
+            // The writer's own error (a full disk) explains a failed
+            // decryption better than the broken pipe it caused.
+            let (written, sha256) = w.finish()?;
+            let n = n?;
+            anyhow::ensure!(
+                n == written,
+                "decryption reported {n} bytes, {written} were written"
+            );
+            Ok((n, sha256))
         })();
         let _ = std::io::copy(&mut input, &mut std::io::sink());
         r
     })
     .await?
+}
+
+/// Plaintext hashed (SHA-256) and written to a file on a thread of its own,
+/// in 1 MiB pieces, so decryption (AES, the SHA-1 MDC) and hashing + writing
+/// run on two cores instead of one after the other. Pieces come back to be
+/// refilled (at most four exist), so no fresh pages are faulted in per MiB.
+struct HashingWriter {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<(u64, String)>>>,
+}
+
+impl HashingWriter {
+    const PIECE: usize = 1 << 20;
+
+    fn spawn(mut out: std::fs::File) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (give_back, back) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let thread = std::thread::Builder::new()
+            .name("plaintext-writer".into())
+            .spawn(move || {
+                use sha2::Digest;
+                use std::io::Write;
+                let (mut h, mut n) = (sha2::Sha256::new(), 0u64);
+                for mut piece in rx {
+                    h.update(&piece);
+                    out.write_all(&piece)?;
+                    n += piece.len() as u64;
+                    piece.clear();
+                    let _ = give_back.try_send(piece);
+                }
+                out.flush()?;
+                Ok((n, hex::encode(h.finalize())))
+            })
+            .context("starting the plaintext writer thread")?;
+        Ok(HashingWriter {
+            buf: Vec::with_capacity(Self::PIECE),
+            tx: Some(tx),
+            back,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let next = self
+            .back
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(Self::PIECE));
+        let piece = std::mem::replace(&mut self.buf, next);
+        match &self.tx {
+            Some(tx) if tx.send(piece).is_ok() => Ok(()),
+            // The thread ended early: its error comes out of `finish`.
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the plaintext writer stopped",
+            )),
+        }
+    }
+
+    /// Everything written and hashed: (bytes, SHA-256 hex).
+    fn finish(mut self) -> anyhow::Result<(u64, String)> {
+        let sent = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        };
+        drop(self.tx.take());
+        let r = self
+            .thread
+            .take()
+            .context("the plaintext writer is gone")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the plaintext writer thread panicked"))?
+            .context("writing the decrypted backup")?;
+        sent.context("writing the decrypted backup")?;
+        Ok(r)
+    }
+}
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let take = b.len().min(Self::PIECE - self.buf.len());
+        self.buf.extend_from_slice(&b[..take]);
+        if self.buf.len() == Self::PIECE {
+            self.send()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for HashingWriter {
+    fn drop(&mut self) {
+        // Dropped without `finish` (a panic): stop the thread, do not wait.
+        drop(self.tx.take());
+    }
 }
 
 /// Differences between the manifest's row counts and the restored ones.

@@ -472,18 +472,26 @@ async fn to_server(
             "the existing database {database:?} is now partly restored (--clean)"
         )));
     }
-    drop(work);
+    // The spool (the whole dump) is removed while the rows are counted.
+    let removed = tokio::task::spawn_blocking(move || drop(work));
 
     ctx.progress.phase("counting rows", None);
     let Some(want) = &m.row_counts else {
+        let _ = removed.await;
         return Ok(json!({"checked": false, "why": "not counted at backup time"}));
     };
-    let client = conn.connect(Some(database)).await?;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .await?;
-    let got = pg::row_counts(&client).await?;
-    client.batch_execute("COMMIT").await?;
+    let counted = async {
+        let client = conn.connect(Some(database)).await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let got = pg::row_counts(&client).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok::<_, anyhow::Error>(got)
+    }
+    .await;
+    let _ = removed.await;
+    let got = counted?;
     // Tables the target held besides the backup's (--clean keeps them) are not its business.
     let diffs: Vec<String> = retrieve::count_differences(want, &got)
         .into_iter()
