@@ -659,6 +659,13 @@ impl Env<'_> {
                     "fail point backup::row_counts"
                 )));
                 let counts = if count_rows {
+                    // One process counts: parallel workers would take the
+                    // cores pg_dump compresses on, and the counts only need
+                    // to be done by the time the dump is.
+                    snap.client()
+                        .batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                        .await
+                        .context("counting rows without parallel workers")?;
                     Some(pg::row_counts(snap.client()).await?)
                 } else {
                     None
