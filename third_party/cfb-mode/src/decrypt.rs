@@ -64,7 +64,7 @@ where
             debug_assert!(tail.is_empty());
             self.cipher.encrypt_with_backend_mut(Closure {
                 iv: &mut iv,
-                f: Blocks { blocks },
+                f: crate::Blocks { blocks },
             });
         }
 
@@ -318,33 +318,6 @@ where
             blocks.get(i).xor_in2out(&t[i - 1])
         }
         *self.iv = t[n - 1].clone();
-    }
-}
-
-/// cloudnx patch: whole blocks, in parallel where the backend can (the
-/// closure `cipher` uses for slices of blocks, which it does not export).
-struct Blocks<'i, 'o, BS: ArrayLength<u8>> {
-    blocks: InOutBuf<'i, 'o, GenericArray<u8, BS>>,
-}
-
-impl<'i, 'o, BS: ArrayLength<u8>> BlockSizeUser for Blocks<'i, 'o, BS> {
-    type BlockSize = BS;
-}
-
-impl<'i, 'o, BS: ArrayLength<u8>> BlockClosure for Blocks<'i, 'o, BS> {
-    #[inline(always)]
-    fn call<B: BlockBackend<BlockSize = BS>>(self, backend: &mut B) {
-        if B::ParBlocksSize::USIZE > 1 {
-            let (chunks, tail) = self.blocks.into_chunks();
-            for chunk in chunks {
-                backend.proc_par_blocks(chunk);
-            }
-            backend.proc_tail_blocks(tail);
-        } else {
-            for block in self.blocks {
-                backend.proc_block(block);
-            }
-        }
     }
 }
 

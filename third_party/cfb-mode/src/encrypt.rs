@@ -2,7 +2,7 @@ use cipher::{
     consts::U1,
     crypto_common::{InnerUser, IvSizeUser},
     generic_array::{ArrayLength, GenericArray},
-    inout::InOut,
+    inout::{InOut, InOutBuf},
     AlgorithmName, AsyncStreamCipher, Block, BlockBackend, BlockCipher, BlockClosure, BlockDecrypt,
     BlockEncryptMut, BlockSizeUser, InnerIvInit, Iv, IvState, ParBlocksSizeUser, Unsigned,
 };
@@ -53,13 +53,20 @@ where
         xor_set1(left, &mut iv[self.pos..]);
         self.cipher.encrypt_block_mut(&mut iv);
 
-        let mut chunks = data.chunks_exact_mut(bs);
-        for chunk in &mut chunks {
-            xor_set1(chunk, iv.as_mut_slice());
-            self.cipher.encrypt_block_mut(&mut iv);
+        // cloudnx patch: the whole blocks in one call into the cipher's
+        // backend (the `Backend` `Encryptor` uses: the same serial chain,
+        // with the round keys loaded once instead of once per block).
+        let whole = data.len() / bs * bs;
+        let (blocks, rem) = { data }.split_at_mut(whole);
+        if !blocks.is_empty() {
+            let (blocks, tail) = InOutBuf::from(blocks).into_chunks::<C::BlockSize>();
+            debug_assert!(tail.is_empty());
+            self.cipher.encrypt_with_backend_mut(Closure {
+                iv: &mut iv,
+                f: crate::Blocks { blocks },
+            });
         }
 
-        let rem = chunks.into_remainder();
         xor_set1(rem, iv.as_mut_slice());
         self.pos = rem.len();
         self.iv = iv;

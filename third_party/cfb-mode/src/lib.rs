@@ -65,3 +65,38 @@ mod encrypt;
 pub use cipher;
 pub use decrypt::{BufDecryptor, Decryptor};
 pub use encrypt::{BufEncryptor, Encryptor};
+
+use cipher::{
+    generic_array::{ArrayLength, GenericArray},
+    inout::InOutBuf,
+    BlockBackend, BlockClosure, BlockSizeUser, Unsigned,
+};
+
+/// cloudnx patch: whole blocks, in parallel where the backend can (the
+/// closure `cipher` uses for slices of blocks, which it does not export);
+/// one call into the backend for all of them either way.
+pub(crate) struct Blocks<'i, 'o, BS: ArrayLength<u8>> {
+    pub(crate) blocks: InOutBuf<'i, 'o, GenericArray<u8, BS>>,
+}
+
+impl<'i, 'o, BS: ArrayLength<u8>> BlockSizeUser for Blocks<'i, 'o, BS> {
+    type BlockSize = BS;
+}
+
+impl<'i, 'o, BS: ArrayLength<u8>> BlockClosure for Blocks<'i, 'o, BS> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = BS>>(self, backend: &mut B) {
+        if B::ParBlocksSize::USIZE > 1 {
+            let (chunks, tail) = self.blocks.into_chunks();
+            for chunk in chunks {
+                backend.proc_par_blocks(chunk);
+            }
+            backend.proc_tail_blocks(tail);
+        } else {
+            for block in self.blocks {
+                backend.proc_block(block);
+            }
+        }
+    }
+}
+

@@ -143,3 +143,25 @@ fn buf_decryptor_in_any_pieces_equals_decryptor() {
         assert_eq!(got, plain, "pieces of {piece} bytes");
     }
 }
+
+/// cloudnx patch: `BufEncryptor` hands whole blocks to the backend in one
+/// call; in pieces of every size it must give what `Encryptor` gives.
+#[test]
+fn buf_encryptor_in_any_pieces_equals_encryptor() {
+    use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};
+    let key = [0x42; 32];
+    let iv = [0x24; 16];
+    let plain: Vec<u8> = (0..4099u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    let mut whole = plain.clone();
+    cfb_mode::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+        .unwrap()
+        .encrypt(&mut whole);
+    for piece in 1..=300 {
+        let mut got = plain.clone();
+        let mut e = cfb_mode::BufEncryptor::<aes::Aes256>::new_from_slices(&key, &iv).unwrap();
+        for chunk in got.chunks_mut(piece) {
+            e.encrypt(chunk);
+        }
+        assert_eq!(got, whole, "pieces of {piece} bytes");
+    }
+}
