@@ -7,16 +7,49 @@
 
 use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};
 
+/// A message of 10 007 bytes (8 parallel blocks are 128 bytes: odd lengths
+/// cross every boundary), its bytes spread by `mul`.
+fn message(mul: u32) -> Vec<u8> {
+    (0..10_007u32)
+        .map(|i| (i.wrapping_mul(mul) >> 12) as u8)
+        .collect()
+}
+
+/// `input` cut every way the tests try — pieces of 1 to 300 bytes, of 511,
+/// 512, 513, 4096 and the whole, then growing pieces (1, 2, 3, … bytes) —
+/// each way fed to a fresh `apply`, which must turn it into `want`.
+fn in_all_pieces(
+    input: &[u8],
+    want: &[u8],
+    what: &str,
+    mut apply: impl FnMut() -> Box<dyn FnMut(&mut [u8])>,
+) {
+    for piece in (1..=300).chain([511, 512, 513, 4096, input.len()]) {
+        let mut got = input.to_vec();
+        let mut f = apply();
+        for chunk in got.chunks_mut(piece) {
+            f(chunk);
+        }
+        assert_eq!(got, want, "{what} in pieces of {piece} bytes");
+    }
+    let mut got = input.to_vec();
+    let mut f = apply();
+    let (mut at, mut n) = (0, 1);
+    while at < got.len() {
+        let end = (at + n).min(got.len());
+        f(&mut got[at..end]);
+        at = end;
+        n += 1;
+    }
+    assert_eq!(got, want, "{what} in growing pieces");
+}
+
 #[test]
 fn buf_decryptor_in_pieces_of_any_size_equals_decryptor() {
-    let key = [0x5a; 32];
-    let iv = [0xa5; 16];
-    // 8 parallel blocks are 128 bytes: odd lengths cross every boundary.
-    let plain: Vec<u8> = (0..10_007u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let (key, iv) = ([0x5a; 32], [0xa5; 16]);
+    let plain = message(2_654_435_761);
     let mut ct = plain.clone();
-    cfb_mode::BufEncryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+    cfb_mode::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
         .unwrap()
         .encrypt(&mut ct);
     assert_ne!(ct, plain);
@@ -25,47 +58,25 @@ fn buf_decryptor_in_pieces_of_any_size_equals_decryptor() {
         .unwrap()
         .decrypt(&mut reference);
     assert_eq!(reference, plain);
-    for piece in (1..=300).chain([511, 512, 513, 4096, 10_007]) {
-        let mut got = ct.clone();
+    in_all_pieces(&ct, &plain, "decrypted", || {
         let mut d = cfb_mode::BufDecryptor::<aes::Aes256>::new_from_slices(&key, &iv).unwrap();
-        for chunk in got.chunks_mut(piece) {
-            d.decrypt(chunk);
-        }
-        assert_eq!(got, plain, "decrypted in pieces of {piece} bytes");
-    }
-    // Uneven pieces too: 1, 2, 3, … bytes, then the rest.
-    let mut got = ct.clone();
-    let mut d = cfb_mode::BufDecryptor::<aes::Aes256>::new_from_slices(&key, &iv).unwrap();
-    let (mut at, mut n) = (0, 1);
-    while at < got.len() {
-        let end = (at + n).min(got.len());
-        d.decrypt(&mut got[at..end]);
-        at = end;
-        n += 1;
-    }
-    assert_eq!(got, plain, "decrypted in growing pieces");
+        Box::new(move |chunk| d.decrypt(chunk))
+    });
 }
 
 #[test]
 fn buf_encryptor_in_pieces_of_any_size_equals_encryptor() {
-    let key = [0x3c; 32];
-    let iv = [0xc3; 16];
-    let plain: Vec<u8> = (0..10_007u32)
-        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
-        .collect();
+    let (key, iv) = ([0x3c; 32], [0xc3; 16]);
+    let plain = message(2_246_822_519);
     let mut reference = plain.clone();
     cfb_mode::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
         .unwrap()
         .encrypt(&mut reference);
     assert_ne!(reference, plain);
-    for piece in (1..=300).chain([511, 512, 513, 4096, 10_007]) {
-        let mut got = plain.clone();
+    in_all_pieces(&plain, &reference, "encrypted", || {
         let mut e = cfb_mode::BufEncryptor::<aes::Aes256>::new_from_slices(&key, &iv).unwrap();
-        for chunk in got.chunks_mut(piece) {
-            e.encrypt(chunk);
-        }
-        assert_eq!(got, reference, "encrypted in pieces of {piece} bytes");
-    }
+        Box::new(move |chunk| e.encrypt(chunk))
+    });
     // And it decrypts back.
     let mut back = reference.clone();
     cfb_mode::BufDecryptor::<aes::Aes256>::new_from_slices(&key, &iv)
